@@ -1,0 +1,55 @@
+# The two commands of the README: `make book` and `make test`. Each sets itself up on a fresh machine.
+SHELL := /bin/bash
+PY     ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PROFILE ?= mini
+DEVICE  ?= cpu
+export PYTHONHASHSEED := 0
+
+.PHONY: venv export book test check-sync check-clean pytest nbtest book-build clean
+
+# The venv is rebuilt only when the pins or the package metadata change: a second run installs nothing.
+$(STAMP): requirements.txt settings.ini setup.py
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements.txt 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . 2>&1 | grep -v "is ignored: it is neither" || true
+	$(BIN)/python -c "import torch, nbdev, jupyter_book, papermill; assert torch.__version__.startswith('2.14.1'), torch.__version__"
+	$(BIN)/pip check
+	touch $@
+
+venv: $(STAMP)
+
+export: $(STAMP)
+	$(BIN)/nbdev_export
+
+# Executed chapters go to book/ (never nbs/), then Sphinx renders them with execution off.
+book-build: export
+	$(BIN)/python tools/build_book.py --profile $(PROFILE) --device $(DEVICE)
+	$(BIN)/jupyter-book build . --path-output book -W -n --keep-going
+
+book: book-build
+	@echo "book: open book/_build/html/index.html"
+
+# fgr/ is generated: exporting the notebooks again must not change it.
+check-sync: $(STAMP)
+	@tmp=$$(mktemp -d) && cp -r fgr $$tmp/ && $(BIN)/nbdev_export && \
+	  if ! diff -r -q $$tmp/fgr fgr -x __pycache__; then echo "fgr/ is out of sync with nbs/: run nbdev_export and commit"; rm -rf $$tmp; exit 1; fi; rm -rf $$tmp
+
+# Notebooks are committed clean (nbdev_clean, keeping cell tags for papermill and Jupyter Book).
+check-clean: $(STAMP)
+	@tmp=$$(mktemp -d) && cp -r nbs $$tmp/ && $(BIN)/nbdev_clean --fname $$tmp/nbs && \
+	  if ! diff -r -q nbs $$tmp/nbs -x .ipynb_checkpoints; then echo "notebooks are not clean: run nbdev_clean"; rm -rf $$tmp; exit 1; fi; rm -rf $$tmp
+
+pytest: $(STAMP)
+	$(BIN)/python -m pytest tests -q -p no:cacheprovider
+
+nbtest: $(STAMP)
+	$(BIN)/nbdev_test --n_workers 2 --do_print
+
+test: check-sync check-clean pytest nbtest
+	$(MAKE) book-build PROFILE=tiny
+
+clean:
+	rm -rf book/_build book/chapters book/experiments
