@@ -14,7 +14,7 @@ export PYTHONHASHSEED := 0
 $(STAMP): requirements.txt settings.ini setup.py
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -r requirements.txt 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
-	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . 2>&1 | grep -v "is ignored: it is neither" || true
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation --config-settings editable_mode=compat -e . 2>&1 | grep -v "is ignored: it is neither" || true
 	$(BIN)/python -c "import torch, nbdev, jupyter_book, papermill; assert torch.__version__.startswith('2.14.1'), torch.__version__"
 	$(BIN)/pip check
 	touch $@

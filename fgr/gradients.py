@@ -6,13 +6,13 @@
 __all__ = ['REDUCTIONS', 'check_labels', 'model_logits', 'classification_loss', 'input_gradient', 'forward_differences',
            'flow_gradient', 'off_kink_px', 'flow_gradient_autograd']
 
-# %% ../nbs/02_flow_gradients.ipynb #cd4fb07d
+# %% ../nbs/02_flow_gradients.ipynb #a6928be5
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from .warp import warp, identity_flow, check_images, check_flow, pixels_to_flow, grid_units_per_pixel
 
-# %% ../nbs/02_flow_gradients.ipynb #2fe1878a
+# %% ../nbs/02_flow_gradients.ipynb #cc0ec107
 def check_labels(y:torch.Tensor, x:torch.Tensor, num_classes:int|None=None) -> torch.Tensor:
     "Raise unless `y` is a (B,) integer label tensor matching images `x` (and in range, given `num_classes`)."
     if not isinstance(y, torch.Tensor): raise TypeError(f"labels must be a torch.Tensor of shape (B,), got {type(y).__name__}")
@@ -23,7 +23,7 @@ def check_labels(y:torch.Tensor, x:torch.Tensor, num_classes:int|None=None) -> t
         raise ValueError(f"labels must lie in [0, {num_classes - 1}] for {num_classes} classes, got values in [{y.min().item()}, {y.max().item()}]")
     return y
 
-# %% ../nbs/02_flow_gradients.ipynb #5affd65a
+# %% ../nbs/02_flow_gradients.ipynb #1ba6b2a9
 def model_logits(model:nn.Module, x:torch.Tensor) -> torch.Tensor:
     "`model(x)`, checked to be finite (B, classes) logits."
     out = model(x)
@@ -32,25 +32,26 @@ def model_logits(model:nn.Module, x:torch.Tensor) -> torch.Tensor:
         raise ValueError(f"the model must return logits of shape (B, classes) = ({len(x)}, classes), got {shape}")
     return out
 
-# %% ../nbs/02_flow_gradients.ipynb #ee3e59ff
-REDUCTIONS = ('mean', 'sum')
+# %% ../nbs/02_flow_gradients.ipynb #46c68f8d
+REDUCTIONS = ('mean', 'sum', 'none')
 
 def classification_loss(model:nn.Module, x:torch.Tensor, y:torch.Tensor, reduction:str='mean') -> torch.Tensor:
-    "Cross-entropy of `model` on images `x` and labels `y`, after checking all three."
+    "Cross-entropy of `model` on images `x` and labels `y`, after checking all three; 'none' gives one loss per image."
     if reduction not in REDUCTIONS: raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     logits = model_logits(model, x)
     check_labels(y, x, logits.shape[1])
     return F.cross_entropy(logits, y.long(), reduction=reduction)
 
-# %% ../nbs/02_flow_gradients.ipynb #fd8a9671
+# %% ../nbs/02_flow_gradients.ipynb #21cfd902
 def input_gradient(model:nn.Module, x:torch.Tensor, y:torch.Tensor, reduction:str='mean', create_graph:bool=False) -> torch.Tensor:
     "∇_x L(x, y), shape (B, C, H, W); `create_graph=True` keeps it differentiable in the model's parameters."
     check_images(x)
+    if reduction not in ('mean', 'sum'): raise ValueError(f"a gradient needs reduction 'mean' or 'sum', got {reduction!r}")
     x = x.detach().requires_grad_()
     loss = classification_loss(model, x, y, reduction)
     return torch.autograd.grad(loss, x, create_graph=create_graph)[0]
 
-# %% ../nbs/02_flow_gradients.ipynb #7d2f1238
+# %% ../nbs/02_flow_gradients.ipynb #4afabcdc
 def forward_differences(x:torch.Tensor) -> torch.Tensor:
     "∇_{v0} I in grid units: the forward differences of `x` along (x, y), shape (B, C, H, W, 2), zero at the last column/row."
     _, _, H, W = x.shape
@@ -59,13 +60,13 @@ def forward_differences(x:torch.Tensor) -> torch.Tensor:
     dy = F.pad(x[..., 1:, :] - x[..., :-1, :], (0, 0, 0, 1)) / sy
     return torch.stack([dx, dy], dim=-1)
 
-# %% ../nbs/02_flow_gradients.ipynb #e6a0846e
+# %% ../nbs/02_flow_gradients.ipynb #e5a573f8
 def flow_gradient(model:nn.Module, x:torch.Tensor, y:torch.Tensor, reduction:str='mean', create_graph:bool=False) -> torch.Tensor:
     "∇_{v0} L(I(x, v), y) in closed form (forward differences), shape (B, H, W, 2), in loss per grid unit."
     gx = input_gradient(model, x, y, reduction, create_graph)
     return (gx[..., None] * forward_differences(x)).sum(1)
 
-# %% ../nbs/02_flow_gradients.ipynb #b5c9f1b0
+# %% ../nbs/02_flow_gradients.ipynb #c09f5f1a
 def off_kink_px(x:torch.Tensor) -> float:
     "A displacement in pixels far above the rounding of pixel positions in `x`'s dtype, yet negligible: 100·max(H, W)·eps."
     return 100 * max(x.shape[-2:]) * torch.finfo(x.dtype).eps

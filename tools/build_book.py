@@ -1,0 +1,89 @@
+"""Execute the book's notebooks into book/ (never into nbs/) and make them readable for Jupyter Book.
+
+Library chapters come from nbs/*.ipynb. Each is executed with papermill (cwd nbs/) into book/chapters/, then its nbdev
+directives are turned into what myst-nb understands: `#| hide` and `#| default_exp` cells get the `remove-cell` tag,
+`#| echo: false` gives `remove-input`, `#| output: false` gives `remove-output`, and every `#|` line is removed from the
+source shown to readers. An executed chapter is reused while its notebook and the package are unchanged.
+"""
+import argparse, hashlib, json, re, sys
+from pathlib import Path
+
+import nbformat
+import papermill as pm
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DIRECTIVE = re.compile(r'^\s*#\|\s*([\w-]+)\s*:?\s*(.*?)\s*$')
+TAGS = {'hide': 'remove-cell', 'default_exp': 'remove-cell'}
+OPTION_TAGS = {('echo', 'false'): 'remove-input', ('output', 'false'): 'remove-output'}
+
+
+def directives(source: str) -> list[tuple[str, str]]:
+    "The (name, value) of each `#|` directive line of a cell's source."
+    return [(m[1], m[2].lower()) for line in source.splitlines() if (m := DIRECTIVE.match(line))]
+
+
+def strip_directives(nb) -> None:
+    "Turn nbdev directives into myst-nb tags and remove them from the code readers see, in place."
+    for cell in nb.cells:
+        if cell.cell_type != 'code': continue
+        found = directives(cell.source)
+        tags = set(cell.metadata.get('tags', []))
+        tags |= {TAGS[name] for name, _ in found if name in TAGS}
+        tags |= {OPTION_TAGS[d] for d in found if d in OPTION_TAGS}
+        cell.source = '\n'.join(l for l in cell.source.splitlines() if not DIRECTIVE.match(l)).strip('\n')
+        if not cell.source.strip() and not cell.get('outputs'): tags.add('remove-cell')
+        if tags: cell.metadata['tags'] = sorted(tags)
+
+
+def toc_files() -> list[str]:
+    "Every file the table of contents names, as paths relative to the repository root, without suffix."
+    def walk(node):
+        if isinstance(node, dict):
+            if 'file' in node: yield node['file']
+            if 'root' in node: yield node['root']
+            for v in node.values(): yield from walk(v)
+        elif isinstance(node, list):
+            for v in node: yield from walk(v)
+    return list(dict.fromkeys(walk(yaml.safe_load((ROOT / '_toc.yml').read_text()))))
+
+
+def package_digest() -> str:
+    h = hashlib.sha256()
+    for f in sorted((ROOT / 'fgr').glob('*.py')): h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def execute_chapter(src: Path, dst: Path, parameters: dict, digest: str) -> bool:
+    "Run `src` into `dst` unless `dst` already holds a run of the same source, parameters and package; True if run."
+    key = hashlib.sha256(src.read_bytes() + json.dumps(parameters, sort_keys=True).encode() + digest.encode()).hexdigest()
+    if dst.exists() and nbformat.read(dst, as_version=4).metadata.get('fgr_build_key') == key: return False
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_suffix('.running.ipynb')
+    pm.execute_notebook(str(src), str(tmp), parameters=parameters, cwd=str(src.parent), kernel_name='python3',
+                        progress_bar=False, report_mode=False)
+    nb = nbformat.read(tmp, as_version=4)
+    strip_directives(nb)
+    nb.metadata['fgr_build_key'] = key
+    nbformat.write(nb, tmp)
+    tmp.replace(dst)
+    return True
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--profile', default='mini', help='experiment profile: tiny, mini or paper')
+    p.add_argument('--device', default='cpu', help='device for experiment notebooks: cpu or cuda')
+    args = p.parse_args(argv)
+    digest = package_digest()
+    for name in toc_files():
+        target = ROOT / (name if name.endswith('.ipynb') else name + '.ipynb')
+        if target.parent == ROOT / 'book' / 'chapters':
+            src = ROOT / 'nbs' / target.name
+            if not src.exists(): sys.exit(f"_toc.yml names {name}, but there is no notebook {src}")
+            ran = execute_chapter(src, target, {}, digest)
+            print(f"{'executed' if ran else 'up to date'}: {src.relative_to(ROOT)} -> {target.relative_to(ROOT)}", flush=True)
+
+
+if __name__ == '__main__':
+    main()
