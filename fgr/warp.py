@@ -6,17 +6,17 @@
 __all__ = ['IMAGE_TOLERANCE', 'grid_units_per_pixel', 'pixels_to_flow', 'flow_to_pixels', 'check_images', 'check_flow',
            'identity_flow', 'identity_grid', 'warp', 'warp_reference']
 
-# %% ../nbs/01_warp.ipynb #3d691e3a
+# %% ../nbs/01_warp.ipynb #3f7ba9a1
 import torch
 import torch.nn.functional as F
 
-# %% ../nbs/01_warp.ipynb #37e13e01
+# %% ../nbs/01_warp.ipynb #45b27987
 def grid_units_per_pixel(height:int, width:int):
     "Grid units spanned by one pixel along (x, y) for an image of `height`×`width` (`align_corners=True`)."
     if height < 2 or width < 2: raise ValueError(f"images must be at least 2×2 pixels to warp, got {height}×{width}")
     return 2.0 / (width - 1), 2.0 / (height - 1)
 
-# %% ../nbs/01_warp.ipynb #b68d6b02
+# %% ../nbs/01_warp.ipynb #88256bfb
 def pixels_to_flow(flow_px:torch.Tensor, height:int, width:int) -> torch.Tensor:
     "Convert a flow in pixels, shape (..., 2) as (x, y), to normalised grid units."
     sx, sy = grid_units_per_pixel(height, width)
@@ -27,7 +27,7 @@ def flow_to_pixels(flow:torch.Tensor, height:int, width:int) -> torch.Tensor:
     sx, sy = grid_units_per_pixel(height, width)
     return flow / flow.new_tensor([sx, sy])
 
-# %% ../nbs/01_warp.ipynb #0093dfd0
+# %% ../nbs/01_warp.ipynb #59a5fcb7
 IMAGE_TOLERANCE = 1e-6  # slack on [0, 1] for rounding in float32 interpolation
 
 def check_images(x:torch.Tensor, name:str='x') -> torch.Tensor:
@@ -41,7 +41,7 @@ def check_images(x:torch.Tensor, name:str='x') -> torch.Tensor:
         raise ValueError(f"{name} must hold images in [0, 1], got values in [{lo.item():.4g}, {hi.item():.4g}]")
     return x
 
-# %% ../nbs/01_warp.ipynb #2a420b8e
+# %% ../nbs/01_warp.ipynb #2044c9ef
 def check_flow(flow:torch.Tensor, x:torch.Tensor, name:str='flow') -> torch.Tensor:
     "Raise a `ValueError`/`TypeError` unless `flow` is a finite (B, H, W, 2) flow for the images `x`, same dtype and device."
     if not isinstance(flow, torch.Tensor): raise TypeError(f"{name} must be a torch.Tensor of shape (B, H, W, 2), got {type(flow).__name__}")
@@ -53,14 +53,14 @@ def check_flow(flow:torch.Tensor, x:torch.Tensor, name:str='flow') -> torch.Tens
     if not torch.isfinite(flow).all(): raise ValueError(f"{name} contains NaN or inf values")
     return flow
 
-# %% ../nbs/01_warp.ipynb #999d70b4
+# %% ../nbs/01_warp.ipynb #43fd8bae
 def identity_flow(x:torch.Tensor) -> torch.Tensor:
     "The identity flow v0 for images `x` (B, C, H, W): zeros of shape (B, H, W, 2), same dtype and device."
     check_images(x)
     B, _, H, W = x.shape
     return x.new_zeros(B, H, W, 2)
 
-# %% ../nbs/01_warp.ipynb #8834ac91
+# %% ../nbs/01_warp.ipynb #241c5dd2
 def identity_grid(x:torch.Tensor) -> torch.Tensor:
     "The sampling grid g of the pixel centres of `x`, (1, H, W, 2) in normalised units, (x, y) order."
     _, _, H, W = x.shape
@@ -69,14 +69,14 @@ def identity_grid(x:torch.Tensor) -> torch.Tensor:
     gy, gx = torch.meshgrid(ys, xs, indexing='ij')
     return torch.stack([gx, gy], dim=-1)[None]
 
-# %% ../nbs/01_warp.ipynb #b67caaaf
+# %% ../nbs/01_warp.ipynb #b5282c18
 def warp(x:torch.Tensor, flow:torch.Tensor, padding_mode:str='border') -> torch.Tensor:
     "I(x, v), Eq. 4: images `x` (B, C, H, W) in [0, 1] bilinearly resampled at the grid moved by `flow` (B, H, W, 2)."
     check_images(x); check_flow(flow, x)
     if padding_mode not in ('border', 'zeros'): raise ValueError(f"padding_mode must be 'border' or 'zeros', got {padding_mode!r}")
     return F.grid_sample(x, identity_grid(x) + flow, mode='bilinear', padding_mode=padding_mode, align_corners=True)
 
-# %% ../nbs/01_warp.ipynb #2356c714
+# %% ../nbs/01_warp.ipynb #f6574e9d
 def warp_reference(x:torch.Tensor, flow:torch.Tensor) -> torch.Tensor:
     "Eq. 4 written out as the four-neighbour weighted sum with border replication; slow, for checking `warp`."
     B, C, H, W = x.shape
