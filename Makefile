@@ -48,8 +48,10 @@ pytest: $(STAMP)
 nbtest: $(STAMP)
 	$(BIN)/nbdev_test --n_workers 2 --do_print
 
-test: check-sync check-clean pytest nbtest
+# Notebook tests and the book first (the book tests read what the build wrote), then pytest.
+test: check-sync check-clean nbtest
 	$(MAKE) book-build PROFILE=tiny
+	$(MAKE) pytest
 
 clean:
 	rm -rf book/_build book/chapters book/experiments
