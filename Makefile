@@ -8,7 +8,9 @@ PROFILE ?= mini
 DEVICE  ?= cpu
 export PYTHONHASHSEED := 0
 
-.PHONY: venv export book test check-sync check-clean pytest nbtest book-build clean
+MATHJAX := .cache/static/mathjax/es5/tex-chtml.js
+
+.PHONY: venv export book test check-sync check-clean pytest nbtest book-build browser clean
 
 # The venv is rebuilt only when the pins or the package metadata change: a second run installs nothing.
 $(STAMP): requirements.txt settings.ini setup.py
@@ -24,8 +26,18 @@ venv: $(STAMP)
 export: $(STAMP)
 	$(BIN)/nbdev_export
 
+# MathJax is served from the book itself (npm's mathjax package), so the rendered book works offline.
+$(MATHJAX):
+	rm -rf .cache/mathjax-pack && mkdir -p .cache/mathjax-pack .cache/static/mathjax
+	cd .cache/mathjax-pack && npm pack --silent mathjax@3.2.2 >/dev/null && tar xzf mathjax-3.2.2.tgz
+	rm -rf .cache/static/mathjax/es5 && mv .cache/mathjax-pack/package/es5 .cache/static/mathjax/es5 && rm -rf .cache/mathjax-pack
+
+# A real browser for the book tests: Debian's chromium, driven by playwright (no browser download).
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
 # Executed chapters go to book/ (never nbs/), then Sphinx renders them with execution off.
-book-build: export
+book-build: export $(MATHJAX)
 	$(BIN)/python tools/build_book.py --profile $(PROFILE) --device $(DEVICE)
 	$(BIN)/jupyter-book build . --path-output book -W -n --keep-going
 
@@ -51,6 +63,7 @@ nbtest: $(STAMP)
 # Notebook tests and the book first (the book tests read what the build wrote), then pytest.
 test: check-sync check-clean nbtest
 	$(MAKE) book-build PROFILE=tiny
+	$(MAKE) browser
 	$(MAKE) pytest
 
 clean:

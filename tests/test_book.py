@@ -63,3 +63,73 @@ def test_math_is_marked_up_for_rendering(chapters):
 def test_executed_outputs_are_present(chapters):
     text, _ = chapters['02_flow_gradients']
     assert re.search(r'max \|autograd - closed form\| = \d\.\de-\d\d', text)
+
+
+# --- in a real browser: Debian's chromium, headless, driven by playwright -------------------------------------
+
+CHROMIUM = Path('/usr/bin/chromium')
+SHOTS = HTML.parent / 'screenshots'
+
+
+@pytest.fixture(scope='module')
+def browser_pages(chapters):
+    import functools, http.server, threading
+    if not CHROMIUM.exists():
+        msg = "no /usr/bin/chromium (make test installs Debian's chromium)"
+        if ON_CI: pytest.fail(msg)
+        pytest.skip(msg)
+    from playwright.sync_api import sync_playwright
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(HTML))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    SHOTS.mkdir(exist_ok=True)
+    args = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+            '--disable-component-update', '--disable-sync']
+    results = {}
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=args)
+        for name, path in [('front', 'index.html'), ('warp', 'book/chapters/01_warp.html'),
+                           ('theory', 'book/chapters/04_theory.html')]:
+            page = browser.new_page(viewport={'width': 1280, 'height': 900})
+            errors, failed = [], []
+            page.on('pageerror', lambda e: errors.append(str(e)))
+            page.on('console', lambda m: errors.append(m.text) if m.type == 'error' else None)
+            page.on('requestfailed', lambda r: failed.append(r.url))
+            page.on('response', lambda r: failed.append(r.url) if r.status >= 400 else None)
+            page.goto(f'http://127.0.0.1:{server.server_port}/{path}', wait_until='networkidle')
+            page.wait_for_timeout(500)
+            if page.locator('.math').count():
+                page.wait_for_function("() => window.MathJax && MathJax.startup && MathJax.startup.promise", timeout=20000)
+                page.evaluate("() => MathJax.startup.promise")
+            results[name] = dict(
+                url=page.url, errors=errors, failed=failed,
+                math=page.locator('.math').count(), rendered=page.locator('mjx-container').count(),
+                mathjax_errors=page.locator('mjx-merror').count(),
+                broken_images=page.evaluate("() => [...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)"),
+                images=page.evaluate("() => document.images.length"))
+            page.screenshot(path=str(SHOTS / f'{name}.png'), full_page=False)
+            page.close()
+        browser.close()
+    server.shutdown()
+    return results
+
+
+def test_pages_load_without_javascript_errors_or_missing_files(browser_pages):
+    for name, r in browser_pages.items():
+        assert not r['errors'], f"{name}: JavaScript errors {r['errors']}"
+        # the browser asks for /favicon.ico on its own; the book never links one
+        assert not [u for u in r['failed'] if '127.0.0.1' in u and not u.endswith('/favicon.ico')], f"{name}: missing files {r['failed']}"
+        assert not [u for u in r['failed'] if '127.0.0.1' not in u], f"{name}: the page reached off the machine {r['failed']}"
+
+
+def test_math_renders_offline(browser_pages):
+    for name in ('warp', 'theory'):
+        r = browser_pages[name]
+        assert r['math'] > 0 and r['rendered'] >= r['math'], f"{name}: {r['rendered']} of {r['math']} formulas rendered"
+        assert r['mathjax_errors'] == 0, f"{name}: MathJax reported {r['mathjax_errors']} errors"
+
+
+def test_figures_load(browser_pages):
+    r = browser_pages['theory']
+    assert r['images'] >= 2 and not r['broken_images'], r
