@@ -37,8 +37,25 @@ def chapters():
     return {p.stem: page(p) for p in CHAPTERS}
 
 
+EXPERIMENTS = ('table1', 'figure2', 'figure3', 'theory', 'cost')
+
+
+def test_reproduction_pages_are_in_the_book(chapters):
+    for name in EXPERIMENTS:
+        text, _ = page(HTML / 'book' / 'experiments' / f'{name}.html')
+        assert 'Profile' in text and 'training images' in text, f"{name} does not state its profile and data size"
+    runs = list((HTML / 'book' / 'experiments' / 'runs').glob('*.html'))
+    assert len(runs) >= 6, "one train_eval page per row of the profile"
+
+
+def test_glued_numbers_are_filled_in(chapters):
+    text, _ = page(HTML / 'book' / 'experiments' / 'table1.html')
+    assert 'glue:' not in text and re.search(r'\d+ of \d+ claims hold', text)
+
+
 def test_method_chapters_are_in_the_book(chapters):
-    assert {'01_warp', '02_flow_gradients', '03_penalties', '04_theory'} <= set(chapters)
+    assert {"01_warp", "02_flow_gradients", "03_penalties", "04_theory", "05_attacks", "06_models", "07_data", "08_train",
+            "09_evaluate", "10_experiments", "99_api"} <= set(chapters)
 
 
 def test_no_nbdev_directives_are_shown(chapters):
@@ -90,7 +107,7 @@ def browser_pages(chapters):
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=args)
         for name, path in [('front', 'index.html'), ('warp', 'book/chapters/01_warp.html'),
-                           ('theory', 'book/chapters/04_theory.html')]:
+                           ('theory', 'book/chapters/04_theory.html'), ('table1', 'book/experiments/table1.html')]:
             page = browser.new_page(viewport={'width': 1280, 'height': 900})
             errors, failed = [], []
             page.on('pageerror', lambda e: errors.append(str(e)))

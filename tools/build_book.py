@@ -1,6 +1,8 @@
 """Execute the book's notebooks into book/ (never into nbs/) and make them readable for Jupyter Book.
 
-Library chapters come from nbs/*.ipynb. Each is executed with papermill (cwd nbs/) into book/chapters/, then its nbdev
+Library chapters come from nbs/*.ipynb and are executed with papermill (cwd nbs/) into book/chapters/. Experiment
+notebooks come from nbs/experiments/ and are executed with the profile and device as parameters into book/experiments/;
+`train_eval` runs once per row of the profile, into book/experiments/runs/<row>.ipynb, before the others. Then nbdev
 directives are turned into what myst-nb understands: `#| hide` and `#| default_exp` cells get the `remove-cell` tag,
 `#| echo: false` gives `remove-input`, `#| output: false` gives `remove-output`, and every `#|` line is removed from the
 source shown to readers. An executed chapter is reused while its notebook and the package are unchanged.
@@ -75,14 +77,22 @@ def main(argv=None):
     p.add_argument('--profile', default='mini', help='experiment profile: tiny, mini or paper')
     p.add_argument('--device', default='cpu', help='device for experiment notebooks: cpu or cuda')
     args = p.parse_args(argv)
-    digest = package_digest()
+    from fgr.experiments import get_profile, row_id
+    digest, profile = package_digest(), get_profile(args.profile)
+    params = dict(profile=profile.name, device=args.device)
+    jobs = [(ROOT / 'nbs' / 'experiments' / 'train_eval.ipynb', ROOT / 'book' / 'experiments' / 'runs' / f"{row_id(r)}.ipynb",
+             dict(params, row=row_id(r))) for r in profile.rows]
     for name in toc_files():
+        if '*' in name: continue                         # the runs glob: its pages are the train_eval jobs above
         target = ROOT / (name if name.endswith('.ipynb') else name + '.ipynb')
-        if target.parent == ROOT / 'book' / 'chapters':
-            src = ROOT / 'nbs' / target.name
-            if not src.exists(): sys.exit(f"_toc.yml names {name}, but there is no notebook {src}")
-            ran = execute_chapter(src, target, {}, digest)
-            print(f"{'executed' if ran else 'up to date'}: {src.relative_to(ROOT)} -> {target.relative_to(ROOT)}", flush=True)
+        if target.parent == ROOT / 'book' / 'chapters': jobs.append((ROOT / 'nbs' / target.name, target, {}))
+        elif target.parent == ROOT / 'book' / 'experiments': jobs.append((ROOT / 'nbs' / 'experiments' / target.name, target, params))
+    for stale in (ROOT / 'book' / 'experiments' / 'runs').glob('*.ipynb'):
+        if stale not in [dst for _, dst, _ in jobs]: stale.unlink()     # a row of another profile
+    for src, dst, parameters in jobs:
+        if not src.exists(): sys.exit(f"_toc.yml names {dst.relative_to(ROOT)}, but there is no notebook {src}")
+        ran = execute_chapter(src, dst, parameters, digest)
+        print(f"{'executed' if ran else 'up to date'}: {src.relative_to(ROOT)} {parameters or ''} -> {dst.relative_to(ROOT)}", flush=True)
 
 
 if __name__ == '__main__':
