@@ -1,0 +1,234 @@
+"""fgr.train: configuration, command line, records, reuse, bad input, and bit-identical resumption after interruption.
+
+Everything here runs on a small synthetic CIFAR-10 folder (random PNGs in the layout of the offline data), so it needs
+no real data; the training on real CIFAR-10 is checked in nbs/08_train.ipynb."""
+import dataclasses, json, os, signal, subprocess, sys, time
+from pathlib import Path
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from fgr.data import CIFAR10_CLASSES
+from fgr.train import TrainConfig, RunError, train, main, parse_config, config_hash, run_dir, DEFENSES
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_fake_cifar10(root: Path, n_train: int, n_test: int, seed: int) -> Path:
+    "A CIFAR-10-shaped image folder: `n_train`/`n_test` random 32×32 PNGs per class."
+    rng = np.random.default_rng(seed)
+    for split, n in (('train', n_train), ('test', n_test)):
+        for c in CIFAR10_CLASSES:
+            folder = root / 'cifar10' / split / c
+            folder.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f'{i:04d}.png')
+    return root
+
+
+@pytest.fixture(scope='module')
+def env(tmp_path_factory):
+    "Fake data, a private data cache, and the environment for subprocesses."
+    tmp = tmp_path_factory.mktemp('train')
+    data = make_fake_cifar10(tmp / 'data', 32, 8, seed=0)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv('FGR_CACHE', str(tmp / 'cache'))
+        mp.delenv('FGR_RUNS', raising=False)
+        sub = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', PYTHONHASHSEED='0')
+        yield dict(tmp=tmp, data=data, sub=sub)
+
+
+def tiny(env, runs, **kw) -> TrainConfig:
+    base = dict(width=1 / 16, defense='standard', epochs=1, batch_size=64, data_root=str(env['data']), runs_dir=str(runs),
+                device='cpu', progress=False)
+    return TrainConfig(**{**base, **kw})
+
+
+def weights(path: Path) -> dict:
+    return torch.load(path, map_location='cpu', weights_only=True)['model']
+
+
+# --- configuration and command line -------------------------------------------------------------------------------
+
+def test_defaults_are_the_papers():
+    c = TrainConfig().resolved()
+    assert (c.dataset, c.arch, c.width, c.defense, c.batch_size, c.epochs, c.lr, c.milestones, c.lr_decay) == \
+           ('cifar10', 'vgg11', 1.0, 'standard', 128, 60, 0.1, (30, 50), 0.1)
+    assert (c.momentum, c.weight_decay, c.random_flow_std) == (0.9, 5e-4, 0.0)
+    assert (c.at_epsilon, c.at_step_size, c.at_iterations, c.adt_epsilon, c.adt_iterations) == (8 / 255, 2 / 255, 7, 0.01, 7)
+    assert [TrainConfig(defense=d).resolved().lam for d in DEFENSES] == [0.0, 0.0, 5000.0, 0.0, 700.0, 700.0]
+    a = TrainConfig(defense='fgr', variant='authors_code').resolved()
+    assert (a.epochs, a.lr, a.random_flow_std) == (80, 0.01, 0.01)
+
+
+def test_cli_and_api_share_one_configuration():
+    assert parse_config([]) == TrainConfig()
+    assert parse_config('--dataset cifar100 --arch resnet18 --defense fgr --lam 700 --width 0.25 --milestones 3 5 '
+                        '--train-limit 100 --force --no-progress'.split()) == \
+        TrainConfig(dataset='cifar100', arch='resnet18', defense='fgr', lam=700, width=0.25, milestones=(3, 5),
+                    train_limit=100, force=True, progress=False)
+    # every field has an option
+    help_text = subprocess.run([sys.executable, '-m', 'fgr.train', '--help'], capture_output=True, text=True, cwd=REPO,
+                               env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=120)
+    assert help_text.returncode == 0, help_text.stderr
+    for f in dataclasses.fields(TrainConfig): assert f'--{f.name}' in help_text.stdout
+    flat = ' '.join(help_text.stdout.split())
+    assert 'standard | at | igr | adt | fgr | fgr_adt' in flat and '(default: 128)' in flat
+
+
+def test_hash_ignores_where_and_how_but_not_what():
+    assert config_hash(TrainConfig(defense='fgr')) == config_hash(TrainConfig(defense='fgr', lam=700.0, epochs=60, device='cpu',
+                                                                               runs_dir='x', force=True, progress=False))
+    assert len({config_hash(TrainConfig(**kw)) for kw in [{}, dict(seed=1), dict(width=0.5), dict(defense='at'),
+                                                           dict(variant='authors_code'), dict(train_limit=10)]}) == 6
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--dataset', 'mnist'], 'valid datasets: cifar10, cifar100'),
+    (['--arch', 'vgg16'], 'valid architectures: vgg11, resnet18'),
+    (['--defense', 'trades'], 'valid defenses: standard, at, igr, adt, fgr, fgr_adt'),
+    (['--variant', 'code'], 'valid variants: paper, authors_code'),
+    (['--defense', 'fgr', '--lam', '-1'], 'lam must be ≥ 0'),
+    (['--defense', 'at', '--lam', '700'], 'has no penalty'),
+    (['--epochs', '0'], 'epochs must be ≥ 1'),
+    (['--width', '0'], 'width must be > 0'),
+    (['--epochs', 'two'], "invalid int value: 'two'"),
+])
+def test_cli_refuses_bad_settings(argv, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as e: main(argv + ['--runs_dir', str(tmp_path / 'runs')])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / 'runs').exists()
+
+
+def test_a_data_root_without_cifar_is_an_error_and_writes_nothing(env, tmp_path, capsys):
+    (tmp_path / 'empty').mkdir()
+    assert main(['--data_root', str(tmp_path / 'empty'), '--runs_dir', str(tmp_path / 'runs')]) == 1
+    assert 'does not hold cifar10' in capsys.readouterr().err
+    assert not (tmp_path / 'runs').exists()
+
+
+def test_a_limit_beyond_the_data_is_an_error(env, tmp_path):
+    with pytest.raises(ValueError, match='has only 320 images'): train(tiny(env, tmp_path, train_limit=1000))
+
+
+# --- records, reuse, force, damaged runs ---------------------------------------------------------------------------
+
+def test_record_reuse_and_force(env, tmp_path, capsys):
+    cfg = tiny(env, tmp_path, defense='fgr', epochs=2)
+    record = train(cfg)
+    folder = run_dir(cfg)
+    assert json.loads((folder / 'record.json').read_text()) == record
+    assert record['config'] == json.loads(json.dumps(dataclasses.asdict(cfg.resolved())))
+    assert record['config_hash'] == config_hash(cfg) and record['data']['train_images'] == 320
+    assert record['metrics']['loss'] > 0 and record['metrics']['penalty'] > 0 and 0 <= record['metrics']['test_accuracy'] <= 1
+    assert [set(e) for e in record['metrics']['history']] == [{'epoch', 'loss', 'penalty', 'train_accuracy', 'test_accuracy', 'seconds'}] * 2
+    p = record['provenance']
+    assert p['packages']['torch'] == torch.__version__ and p['device'] == 'cpu' and 'git_commit' in p
+    assert record['wall_time_s'] > 0
+    out = capsys.readouterr().out
+    assert out.count('epoch ') == 2 and 'test_acc' in out and 'penalty' in out
+
+    # the same configuration again: reused, nothing written
+    stamp = {f.name: f.stat().st_mtime_ns for f in folder.iterdir()}
+    assert train(cfg) == record and 'reusing' in capsys.readouterr().out
+    assert {f.name: f.stat().st_mtime_ns for f in folder.iterdir()} == stamp
+
+    # force: trains again; the old run is moved aside, intact
+    again = train(dataclasses.replace(cfg, force=True))
+    aside = [d for d in tmp_path.iterdir() if '.replaced-' in d.name]
+    assert len(aside) == 1 and json.loads((aside[0] / 'record.json').read_text()) == record
+    assert [e['loss'] for e in again['metrics']['history']] == [e['loss'] for e in record['metrics']['history']]
+
+
+def test_damaged_or_foreign_files_are_errors_and_left_alone(env, tmp_path):
+    cfg = tiny(env, tmp_path)
+    train(cfg)
+    folder = run_dir(cfg)
+    good = (folder / 'checkpoint.pt').read_bytes()
+
+    # a checkpoint of another configuration
+    other = dataclasses.replace(cfg, seed=1)
+    run_dir(other).mkdir()
+    (run_dir(other) / 'checkpoint.pt').write_bytes(good)
+    with pytest.raises(RunError, match='belongs to configuration'): train(other)
+    assert (run_dir(other) / 'checkpoint.pt').read_bytes() == good
+
+    # a finished record, asked for with different data under the same configuration
+    other_data = make_fake_cifar10(tmp_path / 'other_data', 32, 8, seed=1)
+    with pytest.raises(RunError, match='different data'): train(dataclasses.replace(cfg, data_root=str(other_data)))
+
+    # a corrupted record, then a truncated checkpoint
+    (folder / 'record.json').write_text('{"config_hash": ')
+    with pytest.raises(RunError, match='cannot read the record'): train(cfg)
+    assert (folder / 'record.json').read_text() == '{"config_hash": '
+    (folder / 'record.json').unlink()
+    (folder / 'checkpoint.pt').write_bytes(good[:len(good) // 2])
+    with pytest.raises(RunError, match='cannot read the checkpoint'): train(cfg)
+    assert (folder / 'checkpoint.pt').read_bytes() == good[:len(good) // 2]
+    (folder / 'checkpoint.pt').write_bytes(b'not a checkpoint at all')
+    with pytest.raises(RunError, match='checkpoint'): train(cfg)
+
+    # force moves the damaged run aside and starts again
+    assert train(dataclasses.replace(cfg, force=True))['metrics']['history'][0]['epoch'] == 1
+    assert any((d / 'checkpoint.pt').read_bytes() == b'not a checkpoint at all' for d in tmp_path.iterdir() if '.replaced-' in d.name)
+
+
+def test_seeded_runs_are_deterministic(env, tmp_path):
+    a = train(tiny(env, tmp_path / 'a', defense='igr'))
+    b = train(tiny(env, tmp_path / 'b', defense='igr'))
+    c = train(tiny(env, tmp_path / 'c', defense='igr', seed=1))
+    wa, wb, wc = (weights(Path(r['checkpoint'])) for r in (a, b, c))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+
+
+# --- interruption ----------------------------------------------------------------------------------------------------
+
+def _command(env, runs):
+    return [sys.executable, '-m', 'fgr.train', '--defense', 'fgr_adt', '--variant', 'authors_code', '--width', '0.0625',
+            '--epochs', '4', '--lr', '0.05', '--batch_size', '32', '--milestones', '2', '--data_root', str(env['data']),
+            '--runs_dir', str(runs), '--device', 'cpu', '--seed', '3', '--no-progress']
+
+
+def _checkpoint_epoch(runs: Path) -> int:
+    ckpt = list(runs.glob('*/checkpoint.pt'))
+    if not ckpt: return 0
+    try: return torch.load(ckpt[0], map_location='cpu', weights_only=True)['epoch']
+    except Exception: return 0   # caught mid-rename on a slow file system: look again
+
+
+def _interrupt_after(env, runs, epoch, sig):
+    "Start the run, send `sig` as soon as the checkpoint of `epoch` exists; return (exit status, stdout)."
+    proc = subprocess.Popen(_command(env, runs), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env['sub'])
+    deadline = time.time() + 120
+    while _checkpoint_epoch(runs) < epoch:
+        assert proc.poll() is None, f"the run ended before epoch {epoch}: {proc.communicate()}"
+        assert time.time() < deadline, 'no checkpoint within two minutes'
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert not list(runs.glob('*/record.json')), 'the run finished before it could be interrupted: make its epochs longer'
+    return proc.returncode, out
+
+
+def test_interrupted_run_resumes_to_identical_weights(env, tmp_path):
+    full = subprocess.run(_command(env, tmp_path / 'full'), capture_output=True, text=True, env=env['sub'], timeout=300)
+    assert full.returncode == 0, full.stderr
+
+    runs = tmp_path / 'interrupted'
+    rc, out = _interrupt_after(env, runs, 1, signal.SIGINT)             # Ctrl-C
+    assert rc == 130 and 'interrupted' in out, out
+    rc, out = _interrupt_after(env, runs, _checkpoint_epoch(runs) + 1, signal.SIGTERM)
+    assert rc == 130 and 'resuming' in out and 'interrupted' in out, out
+    rc, _ = _interrupt_after(env, runs, _checkpoint_epoch(runs) + 1, signal.SIGKILL)
+    assert rc == -signal.SIGKILL and _checkpoint_epoch(runs) < 4
+    last = subprocess.run(_command(env, runs), capture_output=True, text=True, env=env['sub'], timeout=300)
+    assert last.returncode == 0 and 'resuming' in last.stdout, last.stderr
+
+    (a,), (b,) = list((tmp_path / 'full').glob('*/checkpoint.pt')), list(runs.glob('*/checkpoint.pt'))
+    wa, wb = weights(a), weights(b)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    ra, rb = (json.loads(p.with_name('record.json').read_text()) for p in (a, b))
+    assert len(rb['resumed_at']) == 3 and ra['resumed_at'] == []
+    strip = lambda h: [{k: v for k, v in e.items() if k != 'seconds'} for e in h]
+    assert strip(ra['metrics']['history']) == strip(rb['metrics']['history'])
