@@ -5,24 +5,24 @@
 # %% auto #0
 __all__ = ['ATTACKS', 'TABLE1_SETTINGS', 'robust_accuracy', 'load_model', 'evaluation_key', 'evaluate']
 
-# %% ../nbs/09_evaluate.ipynb #1cbbf73d
+# %% ../nbs/09_evaluate.ipynb #51197e85
 import hashlib, json, os, time
 from pathlib import Path
 import torch
 import torch.nn as nn
 from . import attacks
-from .data import DATASETS, load_cifar, random_subset, to_float
+from .data import DATASETS, atomic_write, load_cifar, random_subset, to_float
 from .gradients import check_labels, model_logits
 from .models import make_model
 from .warp import check_images
 
-# %% ../nbs/09_evaluate.ipynb #495834a9
+# %% ../nbs/09_evaluate.ipynb #789958c1
 ATTACKS = {'clean': None, 'ss': attacks.single_step, 'ms': attacks.multi_step,
            'ob': attacks.optimization_based, 'gf': attacks.gradient_free}
 TABLE1_SETTINGS = {'clean': {}, 'ss': dict(epsilon=0.01), 'ms': dict(epsilon=0.01, iterations=20),
                    'ob': dict(c=10.0), 'gf': dict(c=10.0)}   # Table 1's caption; everything else is the attack's default
 
-# %% ../nbs/09_evaluate.ipynb #e0473936
+# %% ../nbs/09_evaluate.ipynb #22ac101a
 def robust_accuracy(model:nn.Module, x:torch.Tensor, y:torch.Tensor, attack:str='clean', batch_size:int=250, **settings) -> dict:
     "Accuracy of `model` on images `x` in [0, 1] after `attack` (a key of `ATTACKS`), with model queries and time."
     if attack not in ATTACKS: raise ValueError(f"unknown attack {attack!r}; valid attacks: {', '.join(ATTACKS)}")
@@ -40,7 +40,7 @@ def robust_accuracy(model:nn.Module, x:torch.Tensor, y:torch.Tensor, attack:str=
     return dict(accuracy=correct / len(x), correct=correct, images=len(x), queries_per_image=queries / len(x),
                 seconds=time.perf_counter() - start)
 
-# %% ../nbs/09_evaluate.ipynb #c8c5dd33
+# %% ../nbs/09_evaluate.ipynb #eb2ff503
 def load_model(record:dict, device='cpu') -> nn.Module:
     "The trained model of a training `record` (from `fgr.train.train`), in eval mode on `device`."
     cfg = record['config']
@@ -52,7 +52,7 @@ def load_model(record:dict, device='cpu') -> nn.Module:
     model.load_state_dict(state['model'])
     return model.to(device).eval()
 
-# %% ../nbs/09_evaluate.ipynb #2dcfdead
+# %% ../nbs/09_evaluate.ipynb #4422b565
 def evaluation_key(record:dict, attack:str, settings:dict, images:int, seed:int) -> str:
     "What identifies an evaluation: the trained run, the attack and its settings, the test subset."
     return hashlib.sha256(json.dumps(dict(run=record['config_hash'], attack=attack, settings=settings, images=images,
@@ -72,7 +72,5 @@ def evaluate(record:dict, attack:str, images:int=1000, seed:int=0, settings:dict
     out = dict(run=record['config_hash'], run_dir=record['run_dir'], config=cfg, attack=attack, settings=settings, seed=seed,
                key=key, device=str(device), finished=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
                **result)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(out, indent=1)); os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(out, indent=1)))
     return out

@@ -10,7 +10,7 @@ __all__ = ['PENALTY_LAMBDAS', 'VARIANTS', 'NOT_HASHED', 'DEFENSES', 'SUBSET_SEED
            'load_checkpoint', 'rng_states', 'set_rng_states', 'provenance', 'train', 'build_parser', 'parse_config',
            'main', 'time_train_step']
 
-# %% ../nbs/08_train.ipynb #e733d780
+# %% ../nbs/08_train.ipynb #23e5ac2d
 import argparse, builtins, dataclasses, functools, hashlib, json, math, os, platform, signal, subprocess, sys, time, typing
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
@@ -25,9 +25,9 @@ from .gradients import model_logits, check_labels, flow_gradient
 from .penalties import CONVENTIONS, igr_penalty, fgr_penalty
 from .attacks import multi_step, pgd_linf
 from .models import ARCHITECTURES, make_model
-from .data import DATASETS, load_cifar, to_float, augment
+from .data import DATASETS, load_cifar, to_float, augment, atomic_write
 
-# %% ../nbs/08_train.ipynb #8e0b2e8f
+# %% ../nbs/08_train.ipynb #1bff0227
 PENALTY_LAMBDAS = {'standard': None, 'at': None, 'igr': (3000., 5000., 7000.), 'adt': None,
                    'fgr': (400., 700., 1000.), 'fgr_adt': (400., 700., 1000.)}   # §5.3: which defences have a penalty, and its λ
 VARIANTS = {'paper': dict(epochs=60, lr=0.1, random_flow_std=0.0),
@@ -36,7 +36,7 @@ NOT_HASHED = ('device', 'data_root', 'runs_dir', 'force', 'progress')   # where 
 
 def _opt(default, help:str): return field(default=default, metadata={'help': help})
 
-# %% ../nbs/08_train.ipynb #c7f8f5bd
+# %% ../nbs/08_train.ipynb #07d45b56
 @dataclass(frozen=True)
 class TrainConfig:
     "Everything that defines a training run; the defaults are Xia & Li's (§5.1, §5.3)."
@@ -80,7 +80,7 @@ class TrainConfig:
         if self.lam is None: fill['lam'] = PENALTY_LAMBDAS[self.defense][1] if PENALTY_LAMBDAS[self.defense] else 0.0
         return dataclasses.replace(self, **fill)
 
-# %% ../nbs/08_train.ipynb #76b6dd6c
+# %% ../nbs/08_train.ipynb #566e62bf
 def _base_type(hint) -> tuple[type, bool]:
     "The type of a field annotation without its `|None`, and whether it had one."
     args = typing.get_args(hint)
@@ -98,7 +98,7 @@ def _coerce(name:str, value, hint):
     elif base in (str, bool) and isinstance(value, base): return value
     raise TypeError(f"{name} must be {getattr(base, '__name__', base)}{' or None' if optional else ''}, got {value!r}")
 
-# %% ../nbs/08_train.ipynb #64943e59
+# %% ../nbs/08_train.ipynb #4248cf31
 def _one_of(name:str, value, valid):
     if value not in valid: raise ValueError(f"unknown {name} {value!r}; valid {name}s: {', '.join(valid)}")
 
@@ -106,7 +106,7 @@ def _at_least(name:str, value, low, strict:bool=False):
     if value is not None and (not math.isfinite(value) or value < low or (strict and value == low)):
         raise ValueError(f"{name} must be {'>' if strict else '≥'} {low}, got {value}")
 
-# %% ../nbs/08_train.ipynb #18fcc0b7
+# %% ../nbs/08_train.ipynb #2a3c88fd
 def _validate(c:TrainConfig):
     "Raise a `ValueError` naming the first setting of `c` that is out of range."
     _one_of('dataset', c.dataset, DATASETS); _one_of('architecture', c.arch, ARCHITECTURES)
@@ -121,7 +121,7 @@ def _validate(c:TrainConfig):
         raise ValueError(f"milestones must be increasing epochs ≥ 1, got {c.milestones}")
     if c.device != 'auto': torch.device(c.device)   # raises on a malformed device name
 
-# %% ../nbs/08_train.ipynb #31554376
+# %% ../nbs/08_train.ipynb #4f29db11
 class Objective(NamedTuple):
     "What a defence returns: the `loss` to minimise, its unweighted `penalty`, and the `logits` the cross-entropy used."
     loss: torch.Tensor
@@ -133,7 +133,7 @@ def standard(model:nn.Module, x:torch.Tensor, y:torch.Tensor, cfg:TrainConfig) -
     logits = model_logits(model, x)
     return Objective(F.cross_entropy(logits, y), x.new_zeros(()), logits)
 
-# %% ../nbs/08_train.ipynb #1b8536f5
+# %% ../nbs/08_train.ipynb #9dd17bab
 def attack_seed() -> int:
     "A fresh seed for an attack's random start, drawn from the global generator (which the trainer seeds and checkpoints)."
     return int(torch.randint(2**62, (1,)))
@@ -151,7 +151,7 @@ def adt(model:nn.Module, x:torch.Tensor, y:torch.Tensor, cfg:TrainConfig) -> Obj
     "ADT (Xia & Li §5.3): the cross-entropy of the adversarial deformation."
     return standard(model, adversarial_deformation(model, x, y, cfg), y, cfg)
 
-# %% ../nbs/08_train.ipynb #bfcbaa4f
+# %% ../nbs/08_train.ipynb #6b608610
 def igr(model:nn.Module, x:torch.Tensor, y:torch.Tensor, cfg:TrainConfig) -> Objective:
     "IGR (Ross & Doshi-Velez; Eq. 5): cross-entropy + λ ‖∇_x L‖²."
     out, penalty = standard(model, x, y, cfg), igr_penalty(model, x, y, cfg.convention)
@@ -173,7 +173,7 @@ def fgr_adt(model:nn.Module, x:torch.Tensor, y:torch.Tensor, cfg:TrainConfig) ->
 
 DEFENSES = {'standard': standard, 'at': adversarial_training, 'igr': igr, 'adt': adt, 'fgr': fgr, 'fgr_adt': fgr_adt}
 
-# %% ../nbs/08_train.ipynb #442c2538
+# %% ../nbs/08_train.ipynb #cde4e83a
 def train_step(model:nn.Module, optimizer:torch.optim.Optimizer, x:torch.Tensor, y:torch.Tensor, cfg:TrainConfig) -> Objective:
     "One optimiser step on `cfg.defense`'s objective for the batch (`x` in [0, 1], `y`); returns it detached."
     model.train()
@@ -183,13 +183,13 @@ def train_step(model:nn.Module, optimizer:torch.optim.Optimizer, x:torch.Tensor,
     optimizer.step()
     return Objective(*(t.detach() for t in out))
 
-# %% ../nbs/08_train.ipynb #e099eebb
+# %% ../nbs/08_train.ipynb #5119134f
 def make_optimizer(model:nn.Module, cfg:TrainConfig):
     "SGD with the configuration's momentum and weight decay, and its step schedule (one scheduler step per epoch)."
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     return opt, torch.optim.lr_scheduler.MultiStepLR(opt, list(cfg.milestones), gamma=cfg.lr_decay)
 
-# %% ../nbs/08_train.ipynb #f70688af
+# %% ../nbs/08_train.ipynb #0601c926
 SUBSET_SEED = 0   # one fixed subset per limit, shared by every seed and defence
 
 def load_split(cfg:TrainConfig, split:str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -207,12 +207,12 @@ def fingerprint(*tensors:torch.Tensor) -> str:
     for t in tensors: h.update(str(tuple(t.shape)).encode()); h.update(t.contiguous().cpu().numpy().tobytes())
     return h.hexdigest()
 
-# %% ../nbs/08_train.ipynb #625f9d9d
+# %% ../nbs/08_train.ipynb #98fcffc5
 def batches(n:int, batch_size:int, generator:torch.Generator):
     "Index tensors of one epoch's mini-batches: a random permutation of range(`n`) drawn from `generator`, cut in pieces."
     return torch.randperm(n, generator=generator).split(batch_size)
 
-# %% ../nbs/08_train.ipynb #9cfc9be5
+# %% ../nbs/08_train.ipynb #0ab00280
 def _in_eval_mode(fn):
     "Run `fn(model, ...)` with `model` in eval mode, then restore its mode."
     @functools.wraps(fn)
@@ -222,7 +222,7 @@ def _in_eval_mode(fn):
         finally: model.train(was_training)
     return wrapper
 
-# %% ../nbs/08_train.ipynb #ccdc266c
+# %% ../nbs/08_train.ipynb #f3b3907d
 @_in_eval_mode
 def evaluate_accuracy(model:nn.Module, x:torch.Tensor, y:torch.Tensor, batch_size:int=1000) -> float:
     "Fraction of images `x` (B, C, H, W) in [0, 1] that `model` classifies as `y`, in eval mode."
@@ -236,7 +236,7 @@ def mean_flow_gradient_norm(model:nn.Module, x:torch.Tensor, y:torch.Tensor, bat
     norms = [flow_gradient(model, x[i:i+batch_size], y[i:i+batch_size], 'sum').flatten(1).norm(dim=1) for i in range(0, len(x), batch_size)]
     return torch.cat(norms).mean().item()
 
-# %% ../nbs/08_train.ipynb #f1ae5bf4
+# %% ../nbs/08_train.ipynb #2c8fd3a6
 CHECKPOINT_FORMAT = 'fgr-checkpoint-1'
 
 class RunError(ValueError):
@@ -252,21 +252,15 @@ def run_dir(cfg:TrainConfig) -> Path:
     root = Path(cfg.runs_dir or os.environ.get('FGR_RUNS') or 'runs')
     return root / f"{cfg.dataset}-{cfg.arch}-w{cfg.width:g}-{cfg.defense}-{config_hash(cfg)[:12]}"
 
-# %% ../nbs/08_train.ipynb #fb3eeb7b
-def _write_atomic(path:Path, write):
-    "Call `write(tmp_path)`, then rename the temporary file over `path`."
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try: write(tmp); os.replace(tmp, path)
-    finally: tmp.unlink(missing_ok=True)
-
+# %% ../nbs/08_train.ipynb #4406b676
 def save_checkpoint(path:Path, state:dict):
     "Write the training `state` to `path` atomically."
-    _write_atomic(path, lambda tmp: torch.save(state, tmp))
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 def _fix(what:str, path:Path) -> str:
     return f"{what} {path} was left as it is: delete it, or rerun with force=True (--force) to move the run aside and start again"
 
-# %% ../nbs/08_train.ipynb #5bd2446a
+# %% ../nbs/08_train.ipynb #6648ea1b
 def load_checkpoint(path:Path, config_hash:str, data_fingerprint:str) -> dict:
     "The checkpoint at `path`, verified to be readable and to belong to this configuration and data; else a `RunError`."
     try: state = torch.load(path, map_location='cpu', weights_only=True)
@@ -277,7 +271,7 @@ def load_checkpoint(path:Path, config_hash:str, data_fingerprint:str) -> dict:
     if state['data_fingerprint'] != data_fingerprint: raise RunError(f"the checkpoint was trained on different data; " + _fix('the checkpoint', path))
     return state
 
-# %% ../nbs/08_train.ipynb #ddeb3bfb
+# %% ../nbs/08_train.ipynb #d90474bd
 def rng_states(generator:torch.Generator) -> dict:
     "The global CPU/CUDA random states and `generator`'s, for a checkpoint."
     return dict(cpu=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [], batches=generator.get_state())
@@ -287,7 +281,7 @@ def set_rng_states(states:dict, generator:torch.Generator):
     torch.set_rng_state(states['cpu']); generator.set_state(states['batches'])
     if states['cuda'] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(states['cuda'])
 
-# %% ../nbs/08_train.ipynb #3a6eb804
+# %% ../nbs/08_train.ipynb #60fd937d
 def _git(*args) -> str|None:
     try: return subprocess.run(['git', *args], cwd=Path(fgr_package.__file__).parent, capture_output=True, text=True, timeout=10).stdout.strip() or None
     except (OSError, subprocess.SubprocessError): return None
@@ -302,7 +296,7 @@ def provenance(device:torch.device) -> dict:
                 device=str(device), device_name=torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or platform.machine(),
                 cpu_threads=torch.get_num_threads(), platform=platform.platform())
 
-# %% ../nbs/08_train.ipynb #e5abbfe7
+# %% ../nbs/08_train.ipynb #0eb691e7
 def _resolve_device(name:str) -> torch.device:
     return torch.device('cuda' if torch.cuda.is_available() else 'cpu') if name == 'auto' else torch.device(name)
 
@@ -323,7 +317,7 @@ def _move_aside(folder:Path) -> Path:
         if not new.exists(): folder.rename(new); return new
     raise RunError(f"cannot move {folder} aside: too many replaced copies")
 
-# %% ../nbs/08_train.ipynb #ceee0922
+# %% ../nbs/08_train.ipynb #77c117d9
 def _epoch(model, optimizer, x, y, cfg, generator, desc) -> dict:
     "One epoch of `train_step`s over shuffled, augmented batches; the mean loss, penalty and training accuracy."
     total = dict(loss=0., penalty=0., correct=0)
@@ -336,7 +330,7 @@ def _epoch(model, optimizer, x, y, cfg, generator, desc) -> dict:
         bar.set_postfix(loss=f"{out.loss.item():.3f}", refresh=False)
     return dict(loss=total['loss'] / len(x), penalty=total['penalty'] / len(x), train_accuracy=total['correct'] / len(x))
 
-# %% ../nbs/08_train.ipynb #aa4950fa
+# %% ../nbs/08_train.ipynb #126f8bfc
 def train(cfg:TrainConfig) -> dict:
     "Train (or resume, or reuse) the run `cfg` describes; returns its record (also written to <run dir>/record.json)."
     cfg = cfg.resolved()
@@ -365,7 +359,7 @@ def train(cfg:TrainConfig) -> dict:
         raise
     return _finish(model, state, xte, yte, cfg, h, data, device, folder, record_path)
 
-# %% ../nbs/08_train.ipynb #e00f0a6f
+# %% ../nbs/08_train.ipynb #c8e529df
 def _restore(ck:dict, model, optimizer, scheduler, generator, path:Path) -> dict:
     "Load a verified checkpoint `ck` into the training objects; return the loop state."
     try:
@@ -375,7 +369,7 @@ def _restore(ck:dict, model, optimizer, scheduler, generator, path:Path) -> dict
         raise RunError(f"the checkpoint does not fit this model ({str(e)[:200]}); " + _fix('the checkpoint', path)) from e
     return dict(epoch=ck['epoch'], history=list(ck['history']), wall_time_s=ck['wall_time_s'], resumed_at=list(ck['resumed_at']))
 
-# %% ../nbs/08_train.ipynb #aa476291
+# %% ../nbs/08_train.ipynb #5907cc72
 def _fit(model, optimizer, scheduler, generator, state, xtr, ytr, xte, yte, cfg, h, data, ckpt_path):
     "The epochs from `state['epoch']` to `cfg.epochs`, each logged and checkpointed."
     for epoch in range(state['epoch'] + 1, cfg.epochs + 1):
@@ -390,7 +384,7 @@ def _fit(model, optimizer, scheduler, generator, state, xtr, ytr, xte, yte, cfg,
                                         model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                                         rng=rng_states(generator), **state))
 
-# %% ../nbs/08_train.ipynb #327f8632
+# %% ../nbs/08_train.ipynb #a9cc8fbd
 def _finish(model, state, xte, yte, cfg, h, data, device, folder, record_path) -> dict:
     "Final metrics and the run's record, written atomically to `record_path`."
     last = state['history'][-1]
@@ -399,10 +393,10 @@ def _finish(model, state, xte, yte, cfg, h, data, device, folder, record_path) -
     record = dict(config=asdict(cfg), config_hash=h, run_dir=str(folder), checkpoint=str(folder / 'checkpoint.pt'), data=data,
                   metrics=metrics, provenance=provenance(device), wall_time_s=state['wall_time_s'], resumed_at=state['resumed_at'],
                   finished=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()))
-    _write_atomic(record_path, lambda tmp: tmp.write_text(json.dumps(record, indent=1)))
+    atomic_write(record_path, lambda tmp: tmp.write_text(json.dumps(record, indent=1)))
     return json.loads(json.dumps(record))   # as read back from disk: tuples become lists
 
-# %% ../nbs/08_train.ipynb #ee4276b7
+# %% ../nbs/08_train.ipynb #0c6da599
 def _cli_type(hint):
     "The argparse type of a `TrainConfig` field annotation: (type, is_tuple)."
     base, _ = _base_type(hint)
@@ -421,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
         else: p.add_argument(*names, type=kind, nargs='*' if is_tuple else None, default=f.default, help=f.metadata['help'])
     return p
 
-# %% ../nbs/08_train.ipynb #b114cb4d
+# %% ../nbs/08_train.ipynb #20b3a53b
 def parse_config(argv:list[str]|None=None) -> TrainConfig:
     "The `TrainConfig` of command-line arguments `argv` (exits with a usage error naming a bad setting)."
     parser = build_parser()
@@ -441,10 +435,10 @@ def main(argv:list[str]|None=None) -> int:
     print(f"test accuracy {record['metrics']['test_accuracy']:.4f}; record: {Path(record['run_dir']) / 'record.json'}")
     return 0
 
-# %% ../nbs/08_train.ipynb #ddfe7762
+# %% ../nbs/08_train.ipynb #9fde538a
 if __name__ == '__main__' and not hasattr(builtins, '__IPYTHON__'): sys.exit(main())   # `python -m fgr.train`, not a notebook
 
-# %% ../nbs/08_train.ipynb #c6b1b823
+# %% ../nbs/08_train.ipynb #435f5ab5
 def time_train_step(cfg:TrainConfig, x:torch.Tensor, y:torch.Tensor, steps:int=3, warmup:int=1) -> list[float]:
     "Seconds taken by each of `steps` training steps of `cfg`'s defence on the batch (`x`, `y`), after `warmup` untimed ones."
     cfg = cfg.resolved()
