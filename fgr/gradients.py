@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['REDUCTIONS', 'check_labels', 'model_logits', 'classification_loss', 'input_gradient', 'forward_differences',
-           'flow_gradient', 'off_kink_px', 'flow_gradient_autograd']
+           'flow_gradient_from_input_gradient', 'flow_gradient', 'off_kink_px', 'flow_gradient_autograd']
 
 # %% ../nbs/02_flow_gradients.ipynb #a6928be5
 import torch
@@ -60,11 +60,16 @@ def forward_differences(x:torch.Tensor) -> torch.Tensor:
     dy = F.pad(x[..., 1:, :] - x[..., :-1, :], (0, 0, 0, 1)) / sy
     return torch.stack([dx, dy], dim=-1)
 
+# %% ../nbs/02_flow_gradients.ipynb #22e59ee2
+def flow_gradient_from_input_gradient(gx:torch.Tensor, x:torch.Tensor) -> torch.Tensor:
+    "∇_{v0} L from the input gradient `gx` of images `x` (both (B, C, H, W)): Eq. 12 in closed form, shape (B, H, W, 2)."
+    if gx.shape != x.shape: raise ValueError(f"the input gradient must have the images' shape {tuple(x.shape)}, got {tuple(gx.shape)}")
+    return (gx[..., None] * forward_differences(x)).sum(1)
+
 # %% ../nbs/02_flow_gradients.ipynb #e5a573f8
 def flow_gradient(model:nn.Module, x:torch.Tensor, y:torch.Tensor, reduction:str='mean', create_graph:bool=False) -> torch.Tensor:
     "∇_{v0} L(I(x, v), y) in closed form (forward differences), shape (B, H, W, 2), in loss per grid unit."
-    gx = input_gradient(model, x, y, reduction, create_graph)
-    return (gx[..., None] * forward_differences(x)).sum(1)
+    return flow_gradient_from_input_gradient(input_gradient(model, x, y, reduction, create_graph), x)
 
 # %% ../nbs/02_flow_gradients.ipynb #c09f5f1a
 def off_kink_px(x:torch.Tensor) -> float:

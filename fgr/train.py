@@ -22,7 +22,7 @@ from tqdm import tqdm
 import fgr as fgr_package
 from .warp import warp, check_images
 from .gradients import model_logits, check_labels, flow_gradient
-from .penalties import CONVENTIONS, igr_penalty, fgr_penalty
+from .penalties import CONVENTIONS, loss_and_input_gradient, _igr_from_gradient, _fgr_from_gradient
 from .attacks import multi_step, pgd_linf
 from .models import ARCHITECTURES, make_model
 from .data import DATASETS, load_cifar, to_float, augment, atomic_write
@@ -152,20 +152,23 @@ def adt(model:nn.Module, x:torch.Tensor, y:torch.Tensor, cfg:TrainConfig) -> Obj
     return standard(model, adversarial_deformation(model, x, y, cfg), y, cfg)
 
 # %% ../nbs/08_train.ipynb #6b608610
+def _penalised(model:nn.Module, x:torch.Tensor, y:torch.Tensor, cfg:TrainConfig, penalty_from_gradient) -> Objective:
+    "Cross-entropy + λ · `penalty_from_gradient(∇_x L, x)`, both from one forward pass of `x`."
+    logits, loss, gx = loss_and_input_gradient(model, x, y, cfg.convention)
+    penalty = penalty_from_gradient(gx, x)
+    return Objective(loss + cfg.lam * penalty, penalty.detach(), logits)
+
 def igr(model:nn.Module, x:torch.Tensor, y:torch.Tensor, cfg:TrainConfig) -> Objective:
-    "IGR (Ross & Doshi-Velez; Eq. 5): cross-entropy + λ ‖∇_x L‖²."
-    out, penalty = standard(model, x, y, cfg), igr_penalty(model, x, y, cfg.convention)
-    return Objective(out.loss + cfg.lam * penalty, penalty.detach(), out.logits)
+    "IGR (Ross & Doshi-Velez; Eq. 5): cross-entropy + λ ‖∇_x L‖², from one forward pass."
+    return _penalised(model, x, y, cfg, _igr_from_gradient)
 
 def random_flow(x:torch.Tensor, std:float) -> torch.Tensor:
     "`x` warped by a Gaussian random flow of `std` grid units per component (the authors' code); `x` itself if `std` is 0."
     return x if std == 0 else warp(x, std * torch.randn(len(x), *x.shape[-2:], 2, dtype=x.dtype, device=x.device))
 
 def fgr(model:nn.Module, x:torch.Tensor, y:torch.Tensor, cfg:TrainConfig) -> Objective:
-    "FGR (Xia & Li Eq. 11): cross-entropy + λ ‖∇_{v0} L‖², after a random flow of `random_flow_std` (0 in the paper)."
-    x = random_flow(x, cfg.random_flow_std)
-    out, penalty = standard(model, x, y, cfg), fgr_penalty(model, x, y, cfg.convention)
-    return Objective(out.loss + cfg.lam * penalty, penalty.detach(), out.logits)
+    "FGR (Xia & Li Eq. 11): cross-entropy + λ ‖∇_{v0} L‖², from one forward pass, after a random flow of `random_flow_std` (0 in the paper)."
+    return _penalised(model, random_flow(x, cfg.random_flow_std), y, cfg, _fgr_from_gradient)
 
 def fgr_adt(model:nn.Module, x:torch.Tensor, y:torch.Tensor, cfg:TrainConfig) -> Objective:
     "FGR+ADT (Xia & Li §5.3): FGR's objective at the adversarial deformation."
@@ -287,10 +290,11 @@ def _git(*args) -> str|None:
     except (OSError, subprocess.SubprocessError): return None
 
 def provenance(device:torch.device) -> dict:
-    "Git commit, package versions and device description for a run record."
+    "Git commit (without git: $FGR_GIT_COMMIT, else None), package versions and device description for a run record."
     import numpy, torchvision
     commit = _git('rev-parse', 'HEAD')
-    return dict(git_commit=commit, git_dirty=bool(_git('status', '--porcelain', '--untracked-files=no')) if commit else None,
+    dirty = bool(_git('status', '--porcelain', '--untracked-files=no')) if commit else None
+    return dict(git_commit=commit or os.environ.get('FGR_GIT_COMMIT') or None, git_dirty=dirty,
                 packages=dict(python=platform.python_version(), torch=torch.__version__, torchvision=torchvision.__version__,
                               numpy=numpy.__version__, fgr=fgr_package.__version__),
                 device=str(device), device_name=torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or platform.machine(),

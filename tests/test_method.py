@@ -2,11 +2,13 @@
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from fgr.warp import warp, warp_reference, identity_flow, pixels_to_flow, flow_to_pixels
 from fgr.gradients import flow_gradient, flow_gradient_autograd, input_gradient
-from fgr.penalties import fgr_penalty, igr_penalty, lambda_per_sample
+from fgr.penalties import fgr_penalty, igr_penalty, lambda_per_sample, loss_and_input_gradient
 from fgr.theory import warp_jacobian_norm
+from fgr.train import TrainConfig, igr, fgr
 
 
 def small_net(dtype=torch.float64):
@@ -93,6 +95,43 @@ def test_fgr_penalty_matches_independent_autograd_value(batch):
     reference = flow_gradient_autograd(net, x, y).pow(2).sum() / len(x)
     assert torch.allclose(fgr_penalty(net, x, y), reference, rtol=1e-9)
 
+
+
+@pytest.mark.parametrize('defense', ['igr', 'fgr'])
+@pytest.mark.parametrize('convention', ['authors', 'per_sample'])
+@pytest.mark.parametrize('training', [False, True], ids=['eval', 'train'])
+def test_one_pass_objective_has_the_two_pass_parameter_gradients(batch, defense, convention, training):
+    # fgr.train's igr/fgr take the cross-entropy and the penalty's gradient from one forward pass; the reference
+    # evaluates the model twice, once for the cross-entropy and once inside input_gradient / flow_gradient (chapter 2).
+    # With BatchNorm in training mode both passes normalise with the same batch statistics, so the gradients agree too.
+    x, y = batch
+    net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.Softplus(), nn.AdaptiveAvgPool2d(4),
+                        nn.Flatten(), nn.Linear(96, 10)).double().train(training)
+    lam = {'igr': 5000.0, 'fgr': 700.0}[defense]
+    lam = lam if convention == 'authors' else lambda_per_sample(lam, len(x))
+    params = list(net.parameters())
+    out = {'igr': igr, 'fgr': fgr}[defense](net, x, y, TrainConfig(defense=defense, convention=convention, lam=lam).resolved())
+    one_pass = torch.cat([g.flatten() for g in torch.autograd.grad(out.loss, params)])
+    if training: assert net[1].num_batches_tracked.item() == 1          # BatchNorm's running statistics: one update
+    gradient = {'igr': input_gradient, 'fgr': flow_gradient}[defense]
+    g = gradient(net, x, y, 'mean' if convention == 'authors' else 'sum', create_graph=True)
+    penalty = g.pow(2).flatten(1).sum(1).mean()
+    reference = F.cross_entropy(net(x), y) + lam * penalty
+    two_passes = torch.cat([g.flatten() for g in torch.autograd.grad(reference, params, retain_graph=True)])
+    penalty_part = torch.cat([g.flatten() for g in torch.autograd.grad(lam * penalty, params)])
+    assert penalty_part.norm() > 0.01 * two_passes.norm()                # the penalty matters in the comparison
+    assert (one_pass - two_passes).abs().max() <= 1e-12 * two_passes.abs().max()
+    assert torch.allclose(out.penalty, penalty.detach(), rtol=1e-12, atol=0)
+
+
+def test_loss_and_input_gradient_is_one_pass_of_the_convention(batch):
+    x, y = batch
+    net = small_net()
+    logits, loss, gx = loss_and_input_gradient(net, x, y)
+    assert torch.allclose(logits, net(x), rtol=1e-12) and torch.allclose(loss, F.cross_entropy(net(x), y), rtol=1e-12)
+    assert torch.allclose(gx, input_gradient(net, x, y, 'mean'), rtol=1e-12, atol=0)
+    assert torch.allclose(loss_and_input_gradient(net, x, y, 'per_sample')[2], input_gradient(net, x, y, 'sum'), rtol=1e-12, atol=0)
+    assert gx.requires_grad and not loss_and_input_gradient(net, x, y, create_graph=False)[2].requires_grad
 
 # --- bad input: each names the problem -------------------------------------------------------------------------
 

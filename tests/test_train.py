@@ -232,3 +232,14 @@ def test_interrupted_run_resumes_to_identical_weights(env, tmp_path):
     assert len(rb['resumed_at']) == 3 and ra['resumed_at'] == []
     strip = lambda h: [{k: v for k, v in e.items() if k != 'seconds'} for e in h]
     assert strip(ra['metrics']['history']) == strip(rb['metrics']['history'])
+
+
+def test_provenance_without_git_takes_the_commit_from_the_environment(monkeypatch):
+    # a copy of the tree without .git (as on a rented GPU machine): the commit comes from $FGR_GIT_COMMIT
+    import fgr.train
+    monkeypatch.setattr(fgr.train, '_git', lambda *args: None)
+    monkeypatch.setenv('FGR_GIT_COMMIT', '0123abc')
+    p = fgr.train.provenance(torch.device('cpu'))
+    assert (p['git_commit'], p['git_dirty']) == ('0123abc', None)
+    monkeypatch.delenv('FGR_GIT_COMMIT')
+    assert fgr.train.provenance(torch.device('cpu'))['git_commit'] is None
