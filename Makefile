@@ -10,7 +10,7 @@ export PYTHONHASHSEED := 0
 
 MATHJAX := .cache/static/mathjax/es5/tex-chtml.js
 
-.PHONY: venv export book test check-sync check-clean pytest nbtest book-build browser clean
+.PHONY: venv export book test check-sync check-clean pytest nbtest book-build browser clean bench bench-full gpu-data gpu-check
 
 # The venv is rebuilt only when the pins or the package metadata change: a second run installs nothing.
 $(STAMP): requirements.txt settings.ini setup.py
@@ -65,6 +65,20 @@ test: check-sync check-clean nbtest
 	$(MAKE) book-build PROFILE=tiny
 	$(MAKE) browser
 	$(MAKE) pytest
+
+# Benchmarks (chapter 11): a smoke run, the full run, and the GPU check for a session with a lent GPU.
+bench: $(STAMP)
+	$(BIN)/python -m fgr.bench --quick
+
+bench-full: $(STAMP)
+	$(BIN)/python -m fgr.bench --compile
+
+gpu-data: $(STAMP)
+	$(BIN)/python benchmarks/pack_gpu_data.py --train 20000 --test 2000
+
+# Runs where the venv is not (a bare GPU machine with its own torch): no dependency on the stamp.
+gpu-check:
+	bash tools/gpu_check.sh
 
 clean:
 	rm -rf book/_build book/chapters book/experiments
