@@ -74,7 +74,7 @@ bench-full: $(STAMP)
 	$(BIN)/python -m fgr.bench --compile
 
 gpu-data: $(STAMP)
-	$(BIN)/python benchmarks/pack_gpu_data.py --train 20000 --test 2000
+	$(BIN)/python benchmarks/pack_gpu_data.py
 
 # Runs where the venv is not (a bare GPU machine with its own torch): no dependency on the stamp.
 gpu-check:

@@ -478,11 +478,14 @@ def run_benchmark(devices=None, quick:bool=False, archs=('vgg11', 'resnet18'), o
         s = record['settings'][str(device)] = {**bench_settings(device, quick), **(dict(widths=list(widths)) if widths else {})}
         x, y = to_float(images[:s['batch_size']].to(device)), labels[:s['batch_size']].to(device)
         phases = [] if quick else [('correctness', lambda: record['correctness'].append(dict(device=str(device), **correctness(device, data_root=data_root))))]
-        if gpu_check and data_root: phases.append(('training', lambda: record['training'].extend(dict(device=str(device), **r) for r in training_check(data_root, device, **s['train']))))
         steps = [(f"steps {a} width {w:g}", lambda a=a, w=w: phase_steps(record, device, s, x, y, a, w)) for w in sorted(s['widths']) for a in archs]
         phases += steps[:len(archs)] + [('gradients', lambda: phase_gradients(record, device, s, x, y, images, labels)),
                    ('attacks', lambda: phase_attacks(record, device, s, images, labels)), ('epochs', lambda: phase_epochs(record, device, s, images, labels))]
         phases += steps[len(archs):]      # the largest widths last: a run stopped early keeps the rest
+        if gpu_check and data_root:       # one phase per recipe, each saved as it ends
+            train_settings, runs = {k: v for k, v in s['train'].items() if k != 'defenses'}, tempfile.mkdtemp()
+            phases += [(f"training {d}", lambda d=d: record['training'].extend(dict(device=str(device), **r) for r in
+                        training_check(data_root, device, runs_dir=runs, defenses=(d,), **train_settings))) for d in s['train'].get('defenses', DEFENSES)]
         if compile: phases.append(('compile', lambda: record['compile'].append(dict(device=str(device), arch='vgg11', width=1.0, **compile_probe('vgg11', 1.0, x, y)))))
         for name, phase in phases:
             if deadline_s is not None and time.monotonic() - t0 > deadline_s: record['skipped'].append(f"{name} on {device} (the deadline had passed)"); continue

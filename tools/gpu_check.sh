@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check, for a session that has a lent GPU: one call of at most 8 minutes, from the repository root.
 #   here:   .venv/bin/python benchmarks/pack_gpu_data.py        (writes .cache/gpu-data/cifar10-subset.tar.gz, ~24 MB)
-#   there:  bash tools/gpu_check.sh                            (carry: .cache/gpu-data; timeout_s 480)
+#   there:  bash tools/gpu_check.sh                            (carry: .cache/gpu-data; timeout_s 470)
 # It runs `python -m fgr.bench --gpu-check`: CUDA correctness (closed form vs autograd flow gradient, bf16 vs float32
 # penalty gradients), the benchmark at full width, and a few epochs of Standard and FGR on the carried CIFAR-10 subset.
 # The record goes to benchmarks/results/ (commit it) and, where $OUT is set, to $OUT with the log.
@@ -17,7 +17,7 @@ if ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1
   exit 0
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
-args=(--gpu-check --compile --threads "${THREADS:-8}" --deadline "${DEADLINE:-300}" --out benchmarks/results)
+args=(--gpu-check --compile --threads "${THREADS:-8}" --deadline "${DEADLINE:-390}" --out benchmarks/results)
 data=${GPU_DATA:-.cache/gpu-data/cifar10-subset.tar.gz}
 if [ -f "$data" ]; then
   root=$(mktemp -d); tar -xzf "$data" -C "$root"; args+=(--data-root "$root")
