@@ -290,11 +290,12 @@ def _git(*args) -> str|None:
     except (OSError, subprocess.SubprocessError): return None
 
 def provenance(device:torch.device) -> dict:
-    "Git commit (without git: $FGR_GIT_COMMIT, else None), package versions and device description for a run record."
+    "Git commit ($FGR_GIT_COMMIT if set, else git's; None if neither), package versions and device description for a run record."
     import numpy, torchvision
-    commit = _git('rev-parse', 'HEAD')
-    dirty = bool(_git('status', '--porcelain', '--untracked-files=no')) if commit else None
-    return dict(git_commit=commit or os.environ.get('FGR_GIT_COMMIT') or None, git_dirty=dirty,
+    given = os.environ.get('FGR_GIT_COMMIT') or None
+    commit = given or _git('rev-parse', 'HEAD')
+    dirty = bool(_git('status', '--porcelain', '--untracked-files=no')) if commit and not given else None
+    return dict(git_commit=commit, git_dirty=dirty,
                 packages=dict(python=platform.python_version(), torch=torch.__version__, torchvision=torchvision.__version__,
                               numpy=numpy.__version__, fgr=fgr_package.__version__),
                 device=str(device), device_name=torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or platform.machine(),

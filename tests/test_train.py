@@ -234,7 +234,7 @@ def test_interrupted_run_resumes_to_identical_weights(env, tmp_path):
     assert strip(ra['metrics']['history']) == strip(rb['metrics']['history'])
 
 
-def test_provenance_without_git_takes_the_commit_from_the_environment(monkeypatch):
+def test_provenance_takes_the_commit_from_the_environment_when_set(monkeypatch):
     # a copy of the tree without .git (as on a rented GPU machine): the commit comes from $FGR_GIT_COMMIT
     import fgr.train
     monkeypatch.setattr(fgr.train, '_git', lambda *args: None)
@@ -243,3 +243,6 @@ def test_provenance_without_git_takes_the_commit_from_the_environment(monkeypatc
     assert (p['git_commit'], p['git_dirty']) == ('0123abc', None)
     monkeypatch.delenv('FGR_GIT_COMMIT')
     assert fgr.train.provenance(torch.device('cpu'))['git_commit'] is None
+    monkeypatch.setattr(fgr.train, '_git', lambda *args: 'stale' if args[0] == 'rev-parse' else ' M x')   # a stale .git
+    monkeypatch.setenv('FGR_GIT_COMMIT', '0123abc')
+    assert (fgr.train.provenance(torch.device('cpu'))['git_commit'], fgr.train.provenance(torch.device('cpu'))['git_dirty']) == ('0123abc', None)
