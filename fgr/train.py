@@ -7,8 +7,8 @@ __all__ = ['PENALTY_LAMBDAS', 'VARIANTS', 'NOT_HASHED', 'DEFENSES', 'SUBSET_SEED
            'Objective', 'standard', 'attack_seed', 'adversarial_training', 'adversarial_deformation', 'adt', 'igr',
            'random_flow', 'fgr', 'fgr_adt', 'train_step', 'make_optimizer', 'load_split', 'fingerprint', 'batches',
            'evaluate_accuracy', 'mean_flow_gradient_norm', 'RunError', 'config_hash', 'run_dir', 'save_checkpoint',
-           'load_checkpoint', 'rng_states', 'set_rng_states', 'provenance', 'train', 'build_parser', 'parse_config',
-           'main', 'time_train_step']
+           'load_checkpoint', 'rng_states', 'set_rng_states', 'provenance', 'lam_schedule', 'train', 'build_parser',
+           'parse_config', 'main', 'time_train_step']
 
 # %% ../nbs/08_train.ipynb #23e5ac2d
 import argparse, builtins, dataclasses, functools, hashlib, json, math, os, platform, signal, subprocess, sys, time, typing
@@ -46,6 +46,7 @@ class TrainConfig:
     defense: str = _opt('standard', f"training objective: {' | '.join(PENALTY_LAMBDAS)}")
     lam: float|None = _opt(None, "penalty strength λ for igr, fgr, fgr_adt (unset: the middle of Table 1's values, 5000 / 700 / 700)")
     convention: str = _opt('authors', f"loss scale of the penalty: {' | '.join(CONVENTIONS)}")
+    lam_warmup_epochs: float = _opt(0.0, "epochs over which λ rises linearly from 0 to lam (0, the paper's: no warm-up)")
     variant: str = _opt('paper', f"whose defaults for epochs, lr and random_flow_std: {' | '.join(VARIANTS)}")
     epochs: int|None = _opt(None, "training epochs (unset: paper 60, authors_code 80)")
     lr: float|None = _opt(None, "initial learning rate (unset: paper 0.1, authors_code 0.01)")
@@ -114,7 +115,7 @@ def _validate(c:TrainConfig):
     if PENALTY_LAMBDAS[c.defense] is None and c.lam not in (None, 0.0):
         raise ValueError(f"defense {c.defense!r} has no penalty, so lam must be left unset, got {c.lam}")
     for name in ('epochs', 'batch_size', 'at_iterations', 'adt_iterations', 'train_limit', 'test_limit'): _at_least(name, getattr(c, name), 1)
-    for name in ('lam', 'weight_decay', 'at_epsilon', 'adt_epsilon', 'random_flow_std', 'seed', 'momentum'): _at_least(name, getattr(c, name), 0)
+    for name in ('lam', 'lam_warmup_epochs', 'weight_decay', 'at_epsilon', 'adt_epsilon', 'random_flow_std', 'seed', 'momentum'): _at_least(name, getattr(c, name), 0)
     for name in ('width', 'lr', 'at_step_size', 'adt_step_size', 'lr_decay'): _at_least(name, getattr(c, name), 0, strict=True)
     if c.momentum >= 1 or c.lr_decay > 1: raise ValueError(f"momentum must be < 1 and lr_decay ≤ 1, got {c.momentum} and {c.lr_decay}")
     if any(m < 1 for m in c.milestones) or list(c.milestones) != sorted(set(c.milestones)):
@@ -301,6 +302,12 @@ def provenance(device:torch.device) -> dict:
                 device=str(device), device_name=torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or platform.machine(),
                 cpu_threads=torch.get_num_threads(), platform=platform.platform())
 
+# %% ../nbs/08_train.ipynb #c3a1f0a2
+def lam_schedule(cfg:TrainConfig, step:int, steps_per_epoch:int) -> float:
+    "λ at training step `step` (from 0, over all epochs): rising linearly from 0 over `cfg.lam_warmup_epochs` epochs, then `cfg.lam`."
+    if cfg.lam_warmup_epochs == 0: return cfg.lam
+    return cfg.lam * min(1.0, step / (cfg.lam_warmup_epochs * steps_per_epoch))
+
 # %% ../nbs/08_train.ipynb #0eb691e7
 def _resolve_device(name:str) -> torch.device:
     return torch.device('cuda' if torch.cuda.is_available() else 'cpu') if name == 'auto' else torch.device(name)
@@ -323,13 +330,14 @@ def _move_aside(folder:Path) -> Path:
     raise RunError(f"cannot move {folder} aside: too many replaced copies")
 
 # %% ../nbs/08_train.ipynb #77c117d9
-def _epoch(model, optimizer, x, y, cfg, generator, desc) -> dict:
-    "One epoch of `train_step`s over shuffled, augmented batches; the mean loss, penalty and training accuracy."
-    total = dict(loss=0., penalty=0., correct=0)
+def _epoch(model, optimizer, x, y, cfg, generator, desc, epoch:int=1) -> dict:
+    "One epoch (counted from 1) of `train_step`s over shuffled, augmented batches; the mean loss, penalty and training accuracy."
+    total, steps = dict(loss=0., penalty=0., correct=0), math.ceil(len(x) / cfg.batch_size)
     bar = tqdm(batches(len(x), cfg.batch_size, generator), desc=desc, leave=False, disable=not cfg.progress, file=sys.stderr)
-    for idx in bar:
+    for i, idx in enumerate(bar):
         xb, yb = augment(x[idx.to(x.device)], generator=generator), y[idx.to(y.device)]
-        out = train_step(model, optimizer, xb, yb, cfg)
+        step_cfg = cfg if cfg.lam_warmup_epochs == 0 else dataclasses.replace(cfg, lam=lam_schedule(cfg, (epoch - 1) * steps + i, steps))
+        out = train_step(model, optimizer, xb, yb, step_cfg)
         total['loss'] += out.loss.item() * len(idx); total['penalty'] += out.penalty.item() * len(idx)
         total['correct'] += (out.logits.argmax(1) == yb).sum().item()
         bar.set_postfix(loss=f"{out.loss.item():.3f}", refresh=False)
@@ -379,7 +387,7 @@ def _fit(model, optimizer, scheduler, generator, state, xtr, ytr, xte, yte, cfg,
     "The epochs from `state['epoch']` to `cfg.epochs`, each logged and checkpointed."
     for epoch in range(state['epoch'] + 1, cfg.epochs + 1):
         start = time.perf_counter()
-        stats = _epoch(model, optimizer, xtr, ytr, cfg, generator, f"epoch {epoch}/{cfg.epochs}")
+        stats = _epoch(model, optimizer, xtr, ytr, cfg, generator, f"epoch {epoch}/{cfg.epochs}", epoch)
         scheduler.step()
         stats.update(epoch=epoch, test_accuracy=evaluate_accuracy(model, xte, yte), seconds=time.perf_counter() - start)
         print(f"epoch {epoch:>3}/{cfg.epochs}  loss {stats['loss']:.4f}  penalty {stats['penalty']:.3e}  "

@@ -54,7 +54,7 @@ def test_defaults_are_the_papers():
     c = TrainConfig().resolved()
     assert (c.dataset, c.arch, c.width, c.defense, c.batch_size, c.epochs, c.lr, c.milestones, c.lr_decay) == \
            ('cifar10', 'vgg11', 1.0, 'standard', 128, 60, 0.1, (30, 50), 0.1)
-    assert (c.momentum, c.weight_decay, c.random_flow_std) == (0.9, 5e-4, 0.0)
+    assert (c.momentum, c.weight_decay, c.random_flow_std, c.lam_warmup_epochs) == (0.9, 5e-4, 0.0, 0.0)   # no λ warm-up
     assert (c.at_epsilon, c.at_step_size, c.at_iterations, c.adt_epsilon, c.adt_iterations) == (8 / 255, 2 / 255, 7, 0.01, 7)
     assert [TrainConfig(defense=d).resolved().lam for d in DEFENSES] == [0.0, 0.0, 5000.0, 0.0, 700.0, 700.0]
     a = TrainConfig(defense='fgr', variant='authors_code').resolved()
@@ -182,12 +182,22 @@ def test_seeded_runs_are_deterministic(env, tmp_path):
     assert not all(torch.equal(wa[k], wc[k]) for k in wa)
 
 
+def test_lambda_warms_up_over_the_first_epochs(env, tmp_path, monkeypatch):
+    import fgr.train
+    seen, real = [], fgr.train.train_step
+    monkeypatch.setattr(fgr.train, 'train_step', lambda m, o, x, y, cfg: (seen.append(cfg.lam), real(m, o, x, y, cfg))[1])
+    record = train(tiny(env, tmp_path, defense='fgr', epochs=2, lam_warmup_epochs=1))
+    steps = len(seen) // 2                               # 320 images in batches of 64: 5 steps per epoch
+    assert steps == 5 and seen == pytest.approx([700 * t / steps for t in range(steps)] + [700.0] * steps)
+    assert record['config']['lam'] == 700.0 and record['config']['lam_warmup_epochs'] == 1.0
+
+
 # --- interruption ----------------------------------------------------------------------------------------------------
 
 def _command(env, runs):
     return [sys.executable, '-m', 'fgr.train', '--defense', 'fgr_adt', '--variant', 'authors_code', '--width', '0.0625',
             '--epochs', '4', '--lr', '0.05', '--batch_size', '32', '--milestones', '2', '--data_root', str(env['data']),
-            '--runs_dir', str(runs), '--device', 'cpu', '--seed', '3', '--no-progress']
+            '--runs_dir', str(runs), '--device', 'cpu', '--seed', '3', '--lam_warmup_epochs', '2.5', '--no-progress']   # λ still rising at resumption
 
 
 def _checkpoint_epoch(runs: Path) -> int:
