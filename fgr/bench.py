@@ -260,7 +260,7 @@ def compile_probe(arch:str, width:float, x:torch.Tensor, y:torch.Tensor, steps:i
 def attack_throughput(attack:str, settings:dict, arch:str, width:float, x:torch.Tensor, y:torch.Tensor) -> float:
     "Images per second of one call of `attack` (a key of `fgr.evaluate.ATTACKS`) with `settings` on the batch `x`."
     model = make_model(arch, 10, width).to(x.device).eval()
-    ATTACKS['ss'](model, x[:2], y[:2])                 # warm-up
+    ATTACKS['ss'](model, x, y)                         # warm-up at the batch's shape (cuDNN picks its kernels per shape)
     _sync(x.device); start = time.perf_counter()
     ATTACKS[attack](model, x, y, **settings)
     _sync(x.device)
