@@ -192,4 +192,4 @@ def describe(profile:Profile, record:dict, eval_images:int|None=None) -> str:
     return (f"**Profile `{profile.name}`** ({profile.note}). Data: {cfg['dataset']}, {source} `{path.parent}`, "
             f"{record['data']['train_images']:,} training images. Model: {cfg['arch']} at width {cfg['width']:g}, "
             f"{cfg['epochs']} epochs" + (f", λ of the penalised recipes warmed up from 0 over {profile.lam_warmup_epochs:g} epochs "
-            "(not in the paper; see the training chapter)" if profile.lam_warmup_epochs else '') + ". Evaluation: {eval_images or profile.eval_images:,} random test images.")
+            "(not in the paper; see the training chapter)" if profile.lam_warmup_epochs else '') + f". Evaluation: {eval_images or profile.eval_images:,} random test images.")
