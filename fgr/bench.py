@@ -11,7 +11,7 @@ __all__ = ['FD_STEP', 'FD_SWEEP', 'VARIANTS', 'CUDA_VARIANTS', 'AMP_MIN_COSINE',
            'time_epochs', 'correctness', 'training_check', 'bench_data', 'device_name', 'bench_settings', 'results_dir',
            'new_record', 'phase_steps', 'phase_gradients', 'phase_attacks', 'phase_epochs', 'targets', 'run_benchmark',
            'check_record', 'training_table', 'step_ratios', 'targets_table', 'format_tables', 'build_parser', 'main',
-           'bench_records']
+           'bench_records', 'target_range']
 
 # %% ../nbs/11_bench.ipynb #226c2e84
 import argparse, builtins, contextlib, json, os, platform, statistics, sys, tempfile, time
@@ -621,3 +621,10 @@ def bench_records(device_type:str='cpu', quick:bool=False, folder=None) -> list[
     recs = [json.loads(p.read_text()) for p in sorted(Path(folder or results_dir()).glob('*.json'), reverse=True)]
     return [check_record(r) for r in recs if r.get('format') == BENCH_FORMAT and r['quick'] == quick
             and r['devices'][0]['device'].startswith(device_type)]
+
+# %% ../nbs/11_bench.ipynb #e1f2a3b1
+def target_range(record:dict, target:str) -> str:
+    "The values of `target` over a record's architectures and widths, as 'lo–hi×' (or one value), '' if it was not measured."
+    v = sorted(t['value'] for t in record['targets'] if t['target'] == target and t['value'] is not None)
+    lo, hi = (f"{v[0]:.2f}", f"{v[-1]:.2f}") if v else ('', '')
+    return '' if not v else (f"{lo}×" if lo == hi else f"{lo}–{hi}×")
