@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import fgr as fgr_package
-from .data import find_data_root, load_cifar, random_subset, to_float, augment
+from .data import find_data_root, load_cifar, random_subset, to_float, augment, atomic_write
 from .evaluate import ATTACKS
 from .experiments import get_profile, attack_settings, markdown_table, training_throughput
 from .gradients import check_labels, model_logits, forward_differences, flow_gradient, flow_gradient_autograd, grid_units_per_pixel, off_kink_px
@@ -376,10 +376,7 @@ def results_dir() -> Path:
     "Where benchmark records live: $FGR_BENCH_RESULTS, else benchmarks/results/ at the top of the repository."
     return Path(os.environ.get('FGR_BENCH_RESULTS') or Path(fgr_package.__file__).resolve().parents[1] / 'benchmarks' / 'results')
 
-def _save(record:dict, path:Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(record, indent=1)); os.replace(tmp, path)
+def _save(record:dict, path:Path): atomic_write(path, lambda tmp: tmp.write_text(json.dumps(record, indent=1)))
 
 # %% ../nbs/11_bench.ipynb #d73a4b7d
 def new_record(devices:list, quick:bool, command:str) -> dict:
