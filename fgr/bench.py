@@ -7,14 +7,14 @@ __all__ = ['FD_STEP', 'FD_SWEEP', 'VARIANTS', 'CUDA_VARIANTS', 'AMP_MIN_COSINE',
            'RECORD_FIELDS', 'ENTRY_FIELDS', 'naive_warp', 'naive_fgr', 'PILCifar', 'naive_loader', 'igr_two_pass',
            'fgr_two_pass', 'penalty_gradient', 'cosine', 'fgr_autograd', 'fgr_finite_difference', 'fd_cosines',
            'bench_step', 'Variant', 'setup_variant', 'run_step', 'time_variants', 'peak_memory', 'strict_float32',
-           'amp_agreement', 'compile_probe', 'attack_throughput', 'ours_epoch', 'naive_epoch', 'epoch_variants',
-           'time_epochs', 'correctness', 'training_check', 'bench_data', 'device_name', 'bench_settings', 'results_dir',
-           'new_record', 'phase_steps', 'phase_gradients', 'phase_attacks', 'phase_epochs', 'targets', 'run_benchmark',
-           'check_record', 'training_table', 'step_ratios', 'targets_table', 'format_tables', 'build_parser', 'main',
-           'bench_records', 'target_range']
+           'amp_agreement', 'compile_probe', 'CapturedStep', 'graph_agreement', 'captured_step', 'attack_throughput',
+           'ours_epoch', 'naive_epoch', 'epoch_variants', 'time_epochs', 'correctness', 'training_check', 'bench_data',
+           'device_name', 'bench_settings', 'results_dir', 'new_record', 'phase_steps', 'phase_gradients',
+           'phase_attacks', 'phase_epochs', 'targets', 'run_benchmark', 'check_record', 'training_table', 'step_ratios',
+           'targets_table', 'format_tables', 'build_parser', 'main', 'bench_records', 'target_range']
 
 # %% ../nbs/11_bench.ipynb #226c2e84
-import argparse, builtins, contextlib, json, os, platform, statistics, sys, tempfile, time
+import argparse, builtins, contextlib, json, os, platform, statistics, sys, tempfile, time, weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -29,7 +29,7 @@ from .gradients import check_labels, model_logits, forward_differences, flow_gra
 from .models import make_model
 from .penalties import igr_penalty, fgr_penalty, loss_and_input_gradient, _reduction, _mean_squared_norm
 from .train import TrainConfig, Objective, DEFENSES, standard, random_flow, make_optimizer, batches, provenance, train
-from .warp import warp, pixels_to_flow
+from .warp import warp, pixels_to_flow, check_images
 
 # %% ../nbs/11_bench.ipynb #1a73c1f1
 def naive_warp(x:torch.Tensor, flow:torch.Tensor) -> torch.Tensor:
@@ -140,11 +140,12 @@ def bench_step(model:nn.Module, optimizer:torch.optim.Optimizer, objective:Calla
 
 @dataclass(frozen=True)
 class Variant:
-    "A way to run a training step: the defence whose settings it uses, its objective, and two device options."
+    "A way to run a training step: the defence whose settings it uses, its objective, and three device options."
     defense: str
     objective: Callable
     channels_last: bool = False   # model and images in channels_last memory format
     bf16: bool = False            # bf16 autocast of the step
+    cuda_graph: bool = False      # the step captured once as a CUDA graph, then replayed (`CapturedStep`)
 
 # %% ../nbs/11_bench.ipynb #9d744741
 VARIANTS = {'standard': Variant('standard', DEFENSES['standard']), 'igr': Variant('igr', DEFENSES['igr']),
@@ -152,7 +153,8 @@ VARIANTS = {'standard': Variant('standard', DEFENSES['standard']), 'igr': Varian
             'fgr_autograd': Variant('fgr', fgr_autograd), 'fgr_naive': Variant('fgr', naive_fgr),
             'fgr_fd': Variant('fgr', fgr_finite_difference), 'at': Variant('at', DEFENSES['at']),
             'adt': Variant('adt', DEFENSES['adt']), 'fgr_adt': Variant('fgr_adt', DEFENSES['fgr_adt'])}
-CUDA_VARIANTS = {'igr_fast': Variant('igr', DEFENSES['igr'], True, True), 'fgr_fast': Variant('fgr', DEFENSES['fgr'], True, True)}
+CUDA_VARIANTS = {'igr_fast': Variant('igr', DEFENSES['igr'], True, True), 'fgr_fast': Variant('fgr', DEFENSES['fgr'], True, True),
+                 **{f'{d}_graph': Variant(d, DEFENSES[d], cuda_graph=True) for d in ('standard', 'igr', 'fgr')}}
 
 def _sync(device):
     if torch.device(device).type == 'cuda': torch.cuda.synchronize(device)
@@ -170,8 +172,9 @@ def setup_variant(variant:Variant, arch:str, width:float, device) -> tuple:
     return model, make_optimizer(model, cfg)[0], cfg
 
 def run_step(variant:Variant, model, optimizer, cfg, x, y) -> Objective:
-    "`bench_step` with the variant's memory format and autocast."
+    "`bench_step` with the variant's memory format and autocast, or a replay of its captured step (`captured_step`)."
     if variant.channels_last: x = x.contiguous(memory_format=torch.channels_last)
+    if variant.cuda_graph: return captured_step(variant, model, optimizer, cfg, x, y)
     with _autocast(x.device, variant.bf16): return bench_step(model, optimizer, variant.objective, x, y, cfg)
 
 # %% ../nbs/11_bench.ipynb #1b8f7c41
@@ -256,6 +259,51 @@ def compile_probe(arch:str, width:float, x:torch.Tensor, y:torch.Tensor, steps:i
         return dict(ok=True, compile_s=first, median_s=statistics.median(times), eager_median_s=statistics.median(eager))
     except Exception as e: return dict(ok=False, error=f"{type(e).__name__}: {str(e)[:300]}", seconds=time.perf_counter() - start)
 
+# %% ../nbs/11_bench.ipynb #c0da9a02
+class CapturedStep:
+    "`bench_step` for batches shaped like (`x`, `y`), captured once as a CUDA graph after `warmup` eager steps, then replayed."
+    def __init__(self, model:nn.Module, optimizer:torch.optim.Optimizer, objective:Callable, cfg:TrainConfig, x:torch.Tensor, y:torch.Tensor, warmup:int=3):
+        if x.device.type != 'cuda': raise ValueError(f"a CUDA graph needs the batch on a CUDA device, got {x.device}")
+        self.x, self.y = check_images(x).clone(), check_labels(y, x).clone()
+        side = torch.cuda.Stream(x.device)
+        side.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.cuda.stream(side):
+            for _ in range(warmup): bench_step(model, optimizer, objective, self.x, self.y, cfg)
+        torch.cuda.current_stream(x.device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph): self.out = bench_step(model, optimizer, objective, self.x, self.y, cfg)
+
+    def fits(self, x:torch.Tensor, y:torch.Tensor) -> bool:
+        return x.shape == self.x.shape and x.stride() == self.x.stride() and x.dtype == self.x.dtype and y.shape == self.y.shape
+
+    def __call__(self, x:torch.Tensor, y:torch.Tensor) -> Objective:
+        self.x.copy_(check_images(x)); self.y.copy_(check_labels(y, x))
+        self.graph.replay()
+        return self.out
+
+def graph_agreement(device, arch:str='vgg11', width:float=1/4, steps:int=5, batch_size:int=64) -> float:
+    "Relative L2 difference of the parameters after FGR training steps replayed from a CUDA graph and the same steps run eagerly."
+    g = torch.Generator().manual_seed(0)
+    xs, ys = torch.rand(steps + 1, batch_size, 3, 32, 32, generator=g).to(device), torch.randint(0, 10, (steps + 1, batch_size), generator=g).to(device)
+    params = []
+    for graphed in (False, True):
+        model, optimizer, cfg = setup_variant(VARIANTS['fgr'], arch, width, device)
+        if graphed: step = CapturedStep(model, optimizer, DEFENSES['fgr'], cfg, xs[0], ys[0])   # 3 eager steps on batch 0
+        else:
+            for _ in range(3): bench_step(model, optimizer, DEFENSES['fgr'], xs[0], ys[0], cfg)
+            step = lambda x, y: bench_step(model, optimizer, DEFENSES['fgr'], x, y, cfg)
+        for x, y in zip(xs[1:], ys[1:]): step(x, y)
+        params.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    return ((params[1] - params[0]).norm() / params[0].norm()).item()
+
+_CAPTURED = weakref.WeakKeyDictionary()   # optimiser -> the CapturedStep of its model
+
+def captured_step(variant:Variant, model, optimizer, cfg, x, y) -> Objective:
+    "One step of `variant` as a replay of the step captured for this optimiser (capturing it on first use), or eagerly for another shape."
+    step = _CAPTURED.get(optimizer)
+    if step is None: step = _CAPTURED[optimizer] = CapturedStep(model, optimizer, variant.objective, cfg, x, y)
+    return step(x, y) if step.fits(x, y) else bench_step(model, optimizer, variant.objective, x, y, cfg)
+
 # %% ../nbs/11_bench.ipynb #10b9adcd
 def attack_throughput(attack:str, settings:dict, arch:str, width:float, x:torch.Tensor, y:torch.Tensor) -> float:
     "Images per second of one call of `attack` (a key of `fgr.evaluate.ATTACKS`) with `settings` on the batch `x`."
@@ -287,7 +335,8 @@ def naive_epoch(run:tuple, loader, device) -> float:
 def epoch_variants(device, use_bf16:bool=False) -> dict:
     "The pipelines `time_epochs` compares on `device`."
     cuda = torch.device(device).type == 'cuda'
-    return {'naive': Variant('fgr', naive_fgr), 'ours': VARIANTS['fgr']} | ({'ours_fast': Variant('fgr', DEFENSES['fgr'], True, use_bf16)} if cuda else {})
+    return {'naive': Variant('fgr', naive_fgr), 'ours': VARIANTS['fgr']} | ({'ours_fast': Variant('fgr', DEFENSES['fgr'], True, use_bf16),
+                                                                         'ours_graph': CUDA_VARIANTS['fgr_graph']} if cuda else {})
 
 def time_epochs(images:torch.Tensor, labels:torch.Tensor, arch:str, width:float, device, reps:int=2, workers:int=2,
                 use_bf16:bool=False) -> dict[str, list[float]]:
@@ -302,6 +351,11 @@ def time_epochs(images:torch.Tensor, labels:torch.Tensor, arch:str, width:float,
     return times
 
 # %% ../nbs/11_bench.ipynb #17c08381
+def _graph_check(device) -> dict:
+    "`graph_agreement` on `device`, or the error that stopped it (a torch without CUDA-graph support for some step)."
+    try: return dict(rel_error=graph_agreement(device))
+    except RuntimeError as e: return dict(error=f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
+
 def correctness(device, n:int=32, data_root=None) -> dict:
     "On `device`: naive vs library warp, closed-form vs autograd flow gradient (float64, float32), bf16 vs float32 penalty gradient."
     g = torch.Generator().manual_seed(0)
@@ -319,7 +373,8 @@ def correctness(device, n:int=32, data_root=None) -> dict:
     return dict(warp_max_abs_error=(naive_warp(x.double(), flow) - warp(x.double(), flow)).abs().max().item(),
                 flow_gradient_rel_error_float64=rel(auto64, closed64), flow_gradient_rel_error_float32=rel(auto32, closed32),
                 flow_gradient_rel_error_float32_same_point=rel(auto32, closed32_moved),
-                bf16=amp_agreement('vgg11', 1/4, to_float(xs).to(device), ys.to(device)))
+                bf16=amp_agreement('vgg11', 1/4, to_float(xs).to(device), ys.to(device)),
+                graph_vs_eager=_graph_check(device) if torch.device(device).type == 'cuda' else None)
 
 # %% ../nbs/11_bench.ipynb #8fa2682d
 def training_check(data_root, device, epochs:int=3, width:float=1.0, milestones:tuple=(), runs_dir=None, train_limit:int|None=None,
@@ -448,8 +503,10 @@ def targets(record:dict) -> list[dict]:
         for r in record[kind]: groups.setdefault((r['device'], r['arch'], r['width']), {}).setdefault(kind, {})[r['variant']] = r.get('median_s', r.get('peak_bytes'))
     for (dev, arch, width), g in groups.items():
         t, m, w = g.get('steps', {}), g.get('memory', {}), dict(device=dev, arch=arch, width=width)
-        out.append(_target("FGR step / IGR step", _ratio(t, 'fgr', 'igr'), '<=', 1.05, **w))
-        out.append(_target("FGR step / naive FGR step", _ratio(t, 'fgr', 'fgr_naive'), '<=', 0.9, **w))
+        for how, fgr, igr in (('', 'fgr', 'igr'), (' (CUDA graphs)', 'fgr_graph', 'igr_graph')):
+            if fgr not in t: continue
+            out.append(_target(f"FGR step / IGR step{how}", _ratio(t, fgr, igr), '<=', 1.05, **w))
+            out.append(_target(f"FGR step{how} / naive FGR step", _ratio(t, fgr, 'fgr_naive'), '<=', 0.9, **w))
         out.append(_target("FGR peak memory / IGR peak memory", _ratio(m, 'fgr', 'igr'), '<=', 1.1, **w))
         out.append(_target("finite-difference FGR step / exact FGR step", _ratio(t, 'fgr_fd', 'fgr'), '<=', 0.7, **w))
     for r in record['finite_difference']:

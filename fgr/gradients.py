@@ -10,7 +10,7 @@ __all__ = ['REDUCTIONS', 'check_labels', 'model_logits', 'classification_loss', 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .warp import warp, identity_flow, check_images, check_flow, pixels_to_flow, grid_units_per_pixel
+from .warp import warp, identity_flow, check_images, capturing, check_flow, pixels_to_flow, grid_units_per_pixel
 
 # %% ../nbs/02_flow_gradients.ipynb #cc0ec107
 def check_labels(y:torch.Tensor, x:torch.Tensor, num_classes:int|None=None) -> torch.Tensor:
@@ -19,7 +19,7 @@ def check_labels(y:torch.Tensor, x:torch.Tensor, num_classes:int|None=None) -> t
     if y.dim() != 1 or len(y) != len(x): raise ValueError(f"labels must have shape (B,) = ({len(x)},) to match the images, got {tuple(y.shape)}")
     if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8): raise TypeError(f"labels must be integer class indices, got dtype {y.dtype}")
     if y.device != x.device: raise ValueError(f"labels are on {y.device} but the images are on {x.device}")
-    if num_classes is not None and len(y) and (y.min() < 0 or y.max() >= num_classes):
+    if num_classes is not None and len(y) and not capturing(y) and (y.min() < 0 or y.max() >= num_classes):
         raise ValueError(f"labels must lie in [0, {num_classes - 1}] for {num_classes} classes, got values in [{y.min().item()}, {y.max().item()}]")
     return y
 

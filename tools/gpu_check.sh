@@ -5,6 +5,8 @@
 # It runs `python -m fgr.bench --gpu-check`: CUDA correctness (closed form vs autograd flow gradient, bf16 vs float32
 # penalty gradients), the benchmark at full width, and a few epochs of Standard and FGR on the carried CIFAR-10 subset.
 # The record goes to benchmarks/results/ (commit it) and, where $OUT is set, to $OUT with the log.
+# TRAINING=0 leaves out the training check (the record is then named *-cuda.json): the benchmark alone, for a rerun
+# after a change to the step when the training check's record is still current.
 # Without CUDA it says so and exits 0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +19,8 @@ if ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1
   exit 0
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
-args=(--gpu-check --compile --threads "${THREADS:-8}" --deadline "${DEADLINE:-390}" --out benchmarks/results)
+args=(--compile --threads "${THREADS:-8}" --deadline "${DEADLINE:-390}" --out benchmarks/results)
+if [ "${TRAINING:-1}" = 0 ]; then args+=(--device cuda); else args+=(--gpu-check); fi
 data=${GPU_DATA:-.cache/gpu-data/cifar10-subset.tar.gz}
 if [ -f "$data" ]; then
   root=$(mktemp -d); tar -xzf "$data" -C "$root"; args+=(--data-root "$root")
@@ -27,4 +30,4 @@ else
 fi
 log=${OUT:+$OUT/gpu-check.log}
 "$PY" -m fgr.bench "${args[@]}" 2>&1 | tee "${log:-/dev/null}"
-if [ -n "${OUT:-}" ]; then cp "$(ls -t benchmarks/results/*-gpu-check.json | head -1)" "$OUT"/; fi
+if [ -n "${OUT:-}" ]; then cp "$(ls -t benchmarks/results/*.json | head -1)" "$OUT"/; fi
