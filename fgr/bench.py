@@ -281,20 +281,22 @@ class CapturedStep:
         self.graph.replay()
         return self.out
 
-def graph_agreement(device, arch:str='vgg11', width:float=1/4, steps:int=5, batch_size:int=64) -> float:
-    "Relative L2 difference of the parameters after FGR training steps replayed from a CUDA graph and the same steps run eagerly."
-    g = torch.Generator().manual_seed(0)
-    xs, ys = torch.rand(steps + 1, batch_size, 3, 32, 32, generator=g).to(device), torch.randint(0, 10, (steps + 1, batch_size), generator=g).to(device)
-    params = []
-    for graphed in (False, True):
-        model, optimizer, cfg = setup_variant(VARIANTS['fgr'], arch, width, device)
-        if graphed: step = CapturedStep(model, optimizer, DEFENSES['fgr'], cfg, xs[0], ys[0])   # 3 eager steps on batch 0
-        else:
-            for _ in range(3): bench_step(model, optimizer, DEFENSES['fgr'], xs[0], ys[0], cfg)
-            step = lambda x, y: bench_step(model, optimizer, DEFENSES['fgr'], x, y, cfg)
-        for x, y in zip(xs[1:], ys[1:]): step(x, y)
-        params.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
-    return ((params[1] - params[0]).norm() / params[0].norm()).item()
+def graph_agreement(device, arch:str='vgg11', width:float=1/4, steps:int=2, batch_size:int=32, data_root=None) -> float:
+    "Relative L2 difference of the parameter updates of `steps` FGR steps replayed from a CUDA graph and run eagerly, in strict float32."
+    images, labels, _ = bench_data((steps + 1) * batch_size, data_root=data_root)
+    xs, ys = to_float(images).to(device).split(batch_size), labels.to(device).split(batch_size)
+    updates = []
+    with strict_float32():
+        for graphed in (False, True):
+            model, optimizer, cfg = setup_variant(VARIANTS['fgr'], arch, width, device)
+            if graphed: step = CapturedStep(model, optimizer, DEFENSES['fgr'], cfg, xs[0], ys[0])   # 3 eager steps on batch 0
+            else:
+                for _ in range(3): bench_step(model, optimizer, DEFENSES['fgr'], xs[0], ys[0], cfg)
+                step = lambda x, y: bench_step(model, optimizer, DEFENSES['fgr'], x, y, cfg)
+            before = torch.cat([p.detach().flatten() for p in model.parameters()])
+            for x, y in zip(xs[1:], ys[1:]): step(x, y)
+            updates.append(torch.cat([p.detach().flatten() for p in model.parameters()]) - before)
+    return ((updates[1] - updates[0]).norm() / updates[0].norm()).item()
 
 _CAPTURED = weakref.WeakKeyDictionary()   # optimiser -> the CapturedStep of its model
 
@@ -317,10 +319,18 @@ def attack_throughput(attack:str, settings:dict, arch:str, width:float, x:torch.
 # %% ../nbs/11_bench.ipynb #fe5a377b
 def ours_epoch(run:tuple, x:torch.Tensor, y:torch.Tensor, generator:torch.Generator, batch_size:int=128) -> float:
     "Seconds for one epoch of `run` = (variant, model, optimiser, cfg) over images `x` (floats on the device), augmented on the device."
+    cuda = x.device.type == 'cuda'
+    prep = torch.cuda.Stream(x.device) if cuda else None
     _sync(x.device); start = time.perf_counter()
     for idx in batches(len(x), batch_size, generator):
-        idx = idx.to(x.device)
-        run_step(*run, augment(x[idx], generator=generator), y[idx])
+        with torch.cuda.stream(prep) if cuda else contextlib.nullcontext():   # made while the last step still runs
+            idx = idx.to(x.device)
+            xb = check_images(augment(x[idx], generator=generator))
+            yb = check_labels(y[idx], xb)
+        if cuda:
+            main = torch.cuda.current_stream(x.device)
+            main.wait_stream(prep); xb.record_stream(main); yb.record_stream(main)
+        run_step(*run, xb, yb)
     _sync(x.device)
     return time.perf_counter() - start
 
@@ -351,9 +361,9 @@ def time_epochs(images:torch.Tensor, labels:torch.Tensor, arch:str, width:float,
     return times
 
 # %% ../nbs/11_bench.ipynb #17c08381
-def _graph_check(device) -> dict:
-    "`graph_agreement` on `device`, or the error that stopped it (a torch without CUDA-graph support for some step)."
-    try: return dict(rel_error=graph_agreement(device))
+def _graph_check(device, data_root=None) -> dict:
+    "`graph_agreement` on `device` (real images where there are some), or the error that stopped it."
+    try: return dict(rel_error=graph_agreement(device, data_root=data_root))
     except RuntimeError as e: return dict(error=f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
 
 def correctness(device, n:int=32, data_root=None) -> dict:
@@ -374,7 +384,7 @@ def correctness(device, n:int=32, data_root=None) -> dict:
                 flow_gradient_rel_error_float64=rel(auto64, closed64), flow_gradient_rel_error_float32=rel(auto32, closed32),
                 flow_gradient_rel_error_float32_same_point=rel(auto32, closed32_moved),
                 bf16=amp_agreement('vgg11', 1/4, to_float(xs).to(device), ys.to(device)),
-                graph_vs_eager=_graph_check(device) if torch.device(device).type == 'cuda' else None)
+                graph_vs_eager=_graph_check(device, data_root) if torch.device(device).type == 'cuda' else None)
 
 # %% ../nbs/11_bench.ipynb #8fa2682d
 def training_check(data_root, device, epochs:int=3, width:float=1.0, milestones:tuple=(), runs_dir=None, train_limit:int|None=None,
