@@ -608,6 +608,10 @@ def targets_table(record:dict) -> str:
             [[t['target'], t.get('device'), t.get('arch'), f"{t['width']:g}" if t.get('width') else '', '' if t['value'] is None else f"{t['value']:.3f}",
               f"{t['op']} {t['threshold']:g}", {True: 'yes', False: 'NO', None: 'n/a'}[t['met']]] for t in record['targets']])
 
+def _graph_note(check:dict|None) -> str:
+    if not check: return ''
+    return f"; CUDA graph vs eager parameter updates relative difference {check['rel_error']:.1e}" if 'rel_error' in check else f"; CUDA graph check failed: {check['error']}"
+
 def format_tables(record:dict) -> str:
     "The record as Markdown tables: step times and ratios, memory, attacks, epochs, targets."
     names = {d['device']: d['device_name'] for d in record['devices']}
@@ -624,8 +628,9 @@ def format_tables(record:dict) -> str:
                     [[d, a, f"{w:g}"] + [f"{m[c] / 2**20:.0f}" if c in m else '' for c in MEMORY_NAMES] for (d, a, w), m in mem.items()])]
     if record['attacks']: out += ["\nAttack throughput, images per second:\n", markdown_table(['device', 'setting', 'width', 'images', 'attack', 'images/s'],
                                   [[r['device'], r['setting'], f"{r['width']:g}", r['images'], r['attack'].upper(), f"{r['images_per_s']:.2f}"] for r in record['attacks']])]
-    if record['epochs']: out += ["\nEnd-to-end FGR epoch (VGG-11), median seconds:\n", markdown_table(['device', 'width', 'images', 'naive', 'ours', 'ours_fast'],
-                                 [[r['device'], f"{r['width']:g}", r['images']] + [f"{r['median_s'][k]:.2f}" if k in r['median_s'] else '' for k in ('naive', 'ours', 'ours_fast')] for r in record['epochs']])]
+    pipelines = [k for k in ('naive', 'ours', 'ours_fast', 'ours_graph') if any(k in r['median_s'] for r in record['epochs'])]
+    if record['epochs']: out += ["\nEnd-to-end FGR epoch (VGG-11), median seconds:\n", markdown_table(['device', 'width', 'images'] + pipelines,
+                                 [[r['device'], f"{r['width']:g}", r['images']] + [f"{r['median_s'][k]:.2f}" if k in r['median_s'] else '' for k in pipelines] for r in record['epochs']])]
     for r in record['finite_difference']:
         out.append(f"\nFinite-difference penalty gradient ({r['device']}, {r['arch']} width {r['width']:g}, {r['trials']} batches of {r['batch_size']}): "
                    "cosine to the exact one, by step: " + '; '.join(f"{k}: " + ', '.join(f"{c:.3f}" for c in v) for k, v in r['cosine_by_step'].items()) + ".")
@@ -636,7 +641,7 @@ def format_tables(record:dict) -> str:
     for r in record['correctness']:
         out.append(f"\nCorrectness ({r['device']}): naive vs library warp max error {r['warp_max_abs_error']:.1e}; closed-form vs autograd flow "
                    f"gradient relative error {r['flow_gradient_rel_error_float64']:.1e} (float64), {r['flow_gradient_rel_error_float32']:.1e} "
-                   f"(float32), {r['flow_gradient_rel_error_float32_same_point']:.1e} (float32, same point).")
+                   f"(float32), {r['flow_gradient_rel_error_float32_same_point']:.1e} (float32, same point)" + _graph_note(r.get('graph_vs_eager')) + ".")
     for r in record['compile']:
         out.append(f"\ntorch.compile of the FGR step ({r['device']}): " + (f"ran, median {_ms(r['median_s'])} ms vs {_ms(r['eager_median_s'])} ms eager."
                    if r['ok'] else f"failed after {r['seconds']:.0f} s: {r['error']}"))
