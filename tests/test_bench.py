@@ -127,6 +127,18 @@ def test_targets_are_computed_from_the_medians():
     assert bench.check_record(rec) is rec
 
 
+def test_graph_targets_compare_graphed_steps_and_appear_only_where_measured():
+    steps = [('igr', 1.0), ('fgr', 1.0), ('fgr_naive', 1.1), ('igr_graph', 0.2), ('fgr_graph', 0.22)]
+    epochs = [dict(device='cuda:0', arch='vgg11', width=1.0, images=10, times_s={}, median_s=dict(naive=6.0, ours=5.0, ours_graph=1.5))]
+    t = {x['target']: x for x in _record_with(steps, [], epochs)['targets']}
+    assert t['FGR step / IGR step (CUDA graphs)']['value'] == pytest.approx(1.1) and not t['FGR step / IGR step (CUDA graphs)']['met']
+    assert t['FGR step (CUDA graphs) / naive FGR step']['value'] == pytest.approx(0.2) and t['FGR step (CUDA graphs) / naive FGR step']['met']
+    assert t['naive epoch / ours_graph epoch']['value'] == 4.0 and t['naive epoch / ours_graph epoch']['met']
+    eager = {x['target'] for x in _record_with(steps[:3], [])['targets']}
+    assert 'FGR step / IGR step' in eager and not any('CUDA graphs' in n for n in eager)
+    assert '| ours_graph |' in bench.format_tables(_record_with(steps, [], epochs))
+
+
 def test_check_record_names_what_is_missing():
     rec = _record_with([('igr', 1.0)])
     for broken, name in ((lambda r: r.pop('steps'), "'steps'"), (lambda r: r['steps'][0].pop('median_s'), 'median_s'),
