@@ -352,7 +352,7 @@ def train(cfg:TrainConfig) -> dict:
     data = dict(fingerprint=fingerprint(xtr, ytr, xte, yte), train_images=len(xtr), test_images=len(xte))
     record_path, ckpt_path = folder / 'record.json', folder / 'checkpoint.pt'
     if record_path.exists() and not cfg.force:
-        print(f"reusing the finished run {folder} (force=True / --force retrains)")
+        print(f"reusing the finished run {folder.name} (force=True / --force retrains)")
         return _read_record(record_path, h, data['fingerprint'])
     if cfg.force and folder.exists(): print(f"moved the previous run aside to {_move_aside(folder)}")
     torch.manual_seed(cfg.seed)
