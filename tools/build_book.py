@@ -2,12 +2,15 @@
 
 Library chapters come from nbs/*.ipynb and are executed with papermill (cwd nbs/) into book/chapters/. Experiment
 notebooks come from nbs/experiments/ and are executed with the profile and device as parameters into book/experiments/;
-`train_eval` runs once per row of the profile, into book/experiments/runs/<row>.ipynb, before the others. Then nbdev
-directives are turned into what myst-nb understands: `#| hide` and `#| default_exp` cells get the `remove-cell` tag,
-`#| echo: false` gives `remove-input`, `#| output: false` gives `remove-output`, and every `#|` line is removed from the
-source shown to readers. An executed chapter is reused while its notebook and the package are unchanged.
+`train_eval` runs once per row of the profile, into book/experiments/runs/<row>.ipynb, before the others. papermill's output is kept under .cache/executed/ and reused while
+its notebook, parameters and the package are unchanged; each build then presents it anew (`present`): nbdev directives
+become what myst-nb understands (`#| hide` and `#| default_exp` cells get the `remove-cell` tag, `#| echo: false` gives
+`remove-input`, `#| output: false` gives `remove-output`, and every `#|` line is removed from the source shown to
+readers); the code of an experiment page goes behind a toggle (`hide-input`), so that the page leads with its results,
+while library chapters keep their code in view, since they teach it; and papermill's parameter cells give way to one
+line, the parameters and the command that reruns the page (a chapter without parameters gets the command at its end).
 """
-import argparse, hashlib, json, re, sys
+import argparse, hashlib, json, re, shlex, sys
 from pathlib import Path
 
 import nbformat
@@ -15,6 +18,7 @@ import papermill as pm
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+EXECUTED = ROOT / '.cache' / 'executed'
 DIRECTIVE = re.compile(r'^\s*#\|\s*([\w-]+)\s*:?\s*(.*?)\s*$')
 TAGS = {'hide': 'remove-cell', 'default_exp': 'remove-cell'}
 OPTION_TAGS = {('echo', 'false'): 'remove-input', ('output', 'false'): 'remove-output'}
@@ -56,20 +60,51 @@ def package_digest() -> str:
     return h.hexdigest()
 
 
-def execute_chapter(src: Path, dst: Path, parameters: dict, digest: str) -> bool:
-    "Run `src` into `dst` unless `dst` already holds a run of the same source, parameters and package; True if run."
-    key = hashlib.sha256(src.read_bytes() + json.dumps(parameters, sort_keys=True).encode() + digest.encode()).hexdigest()
-    if dst.exists() and nbformat.read(dst, as_version=4).metadata.get('fgr_build_key') == key: return False
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_suffix('.running.ipynb')
-    pm.execute_notebook(str(src), str(tmp), parameters=parameters, cwd=str(src.parent), kernel_name='python3',
-                        progress_bar=False, report_mode=False)
-    nb = nbformat.read(tmp, as_version=4)
+def rerun_line(src: Path, dst: Path, parameters: dict) -> str:
+    "One Markdown line: the page's parameters and the papermill command, from the repository root, that reruns it."
+    command = f"cd {src.parent.relative_to(ROOT)} && papermill {src.name} /tmp/{dst.name}" + \
+        ''.join(f" -p {k} {shlex.quote(str(v))}" for k, v in parameters.items())
+    shown = ' · '.join(f"`{k} = {v!r}`" for k, v in parameters.items())
+    return (f"Parameters: {shown}. " if parameters else '') + f"Rerun: `{command}`"
+
+
+def present(nb, src: Path, dst: Path, parameters: dict) -> None:
+    "Make papermill's output of `src` readable as the page `dst`, in place (see the module's docstring)."
     strip_directives(nb)
-    nb.metadata['fgr_build_key'] = key
-    nbformat.write(nb, tmp)
-    tmp.replace(dst)
-    return True
+    experiment = src.parent != ROOT / 'nbs'
+    at = len(nb.cells)
+    for i, cell in enumerate(nb.cells):
+        tags = set(cell.metadata.get('tags', []))
+        if tags & {'parameters', 'injected-parameters'}:
+            at = min(at, i)
+            tags.add('remove-cell')
+        elif experiment and cell.cell_type == 'code' and not tags & {'remove-cell', 'remove-input'}:
+            tags.add('hide-input')
+        if tags: cell.metadata['tags'] = sorted(tags)
+    nb.cells.insert(at, nbformat.v4.new_markdown_cell(rerun_line(src, dst, parameters)))
+    meta = nb.metadata.get('papermill', {})              # papermill writes the build machine's absolute paths here
+    meta.update(input_path=str(src.relative_to(ROOT)), output_path=str(dst.relative_to(ROOT)))
+
+
+def execute_chapter(src: Path, dst: Path, parameters: dict, digest: str) -> bool:
+    "Run `src` unless .cache/executed holds a run of the same source, parameters and package, then present it as `dst`; True if run."
+    key = hashlib.sha256(src.read_bytes() + json.dumps(parameters, sort_keys=True).encode() + digest.encode()).hexdigest()
+    raw = EXECUTED / dst.relative_to(ROOT)
+    ran = not (raw.exists() and nbformat.read(raw, as_version=4).metadata.get('fgr_build_key') == key)
+    if ran:
+        raw.parent.mkdir(parents=True, exist_ok=True)
+        tmp = raw.with_suffix('.running.ipynb')
+        pm.execute_notebook(str(src), str(tmp), parameters=parameters, cwd=str(src.parent), kernel_name='python3',
+                            progress_bar=False, report_mode=False)
+        nb = nbformat.read(tmp, as_version=4)
+        nb.metadata['fgr_build_key'] = key
+        nbformat.write(nb, tmp)
+        tmp.replace(raw)
+    nb = nbformat.read(raw, as_version=4)
+    present(nb, src, dst, parameters)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, dst)
+    return ran
 
 
 def main(argv=None):
