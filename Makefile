@@ -81,4 +81,4 @@ gpu-check:
 	bash tools/gpu_check.sh
 
 clean:
-	rm -rf book/_build book/chapters book/experiments .cache/executed
+	rm -rf book/_build book/chapters book/experiments book/intro.ipynb .cache/executed

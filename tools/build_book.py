@@ -1,8 +1,9 @@
 """Execute the book's notebooks into book/ (never into nbs/) and make them readable for Jupyter Book.
 
 Library chapters come from nbs/*.ipynb and are executed with papermill (cwd nbs/) into book/chapters/. Experiment
-notebooks come from nbs/experiments/ and are executed with the profile and device as parameters into book/experiments/;
-`train_eval` runs once per row of the profile, into book/experiments/runs/<row>.ipynb, before the others. papermill's output is kept under .cache/executed/ and reused while
+notebooks come from nbs/experiments/ and are executed with the profile and device as parameters into book/experiments/,
+and the front page, book/intro, from nbs/experiments/intro.ipynb; `train_eval` runs once per row of the profile, into
+book/experiments/runs/<row>.ipynb, before the others. papermill's output is kept under .cache/executed/ and reused while
 its notebook, parameters and the package are unchanged; each build then presents it anew (`present`): nbdev directives
 become what myst-nb understands (`#| hide` and `#| default_exp` cells get the `remove-cell` tag, `#| echo: false` gives
 `remove-input`, `#| output: false` gives `remove-output`, and every `#|` line is removed from the source shown to
@@ -121,7 +122,8 @@ def main(argv=None):
         if '*' in name: continue                         # the runs glob: its pages are the train_eval jobs above
         target = ROOT / (name if name.endswith('.ipynb') else name + '.ipynb')
         if target.parent == ROOT / 'book' / 'chapters': jobs.append((ROOT / 'nbs' / target.name, target, {}))
-        elif target.parent == ROOT / 'book' / 'experiments': jobs.append((ROOT / 'nbs' / 'experiments' / target.name, target, params))
+        elif target.parent in (ROOT / 'book' / 'experiments', ROOT / 'book'):     # the front page reads the records too
+            jobs.append((ROOT / 'nbs' / 'experiments' / target.name, target, params))
     for stale in (ROOT / 'book' / 'experiments' / 'runs').glob('*.ipynb'):
         if stale not in [dst for _, dst, _ in jobs]: stale.unlink()     # a row of another profile
     for src, dst, parameters in jobs:
