@@ -1,5 +1,9 @@
-"""The built book (make book / make test build it first) shows prose, equations and code, never nbdev tooling."""
-import re
+"""The built book (make book / make test build it first) shows prose, equations and code, never nbdev tooling.
+
+In a real browser it reads as a book: every table rendered, every reproduction page led by a table or a figure wide
+enough to read, its code behind a toggle, pages named for what they hold, no path of the machine that built it.
+"""
+import json, os, re
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -7,7 +11,8 @@ import pytest
 
 from conftest import ON_CI
 
-HTML = Path(__file__).resolve().parents[1] / 'book' / '_build' / 'html'
+REPO = Path(__file__).resolve().parents[1]
+HTML = REPO / 'book' / '_build' / 'html'
 CHAPTERS = sorted((HTML / 'book' / 'chapters').glob('*.html')) if HTML.exists() else []
 
 
@@ -86,10 +91,43 @@ def test_executed_outputs_are_present(chapters):
 
 CHROMIUM = Path('/usr/bin/chromium')
 SHOTS = HTML.parent / 'screenshots'
+MIN_FIGURE_PX = 600          # a figure meant to be read is at least this wide on the page
+
+# What the browser reads from a page once MathJax is done: the text outside code and math, tables, figures, code left
+# in view, the title, and the notebook the download button offers.
+READ_PAGE = """() => {
+  const main = document.querySelector('article.bd-article') || document.body;
+  const prose = main.cloneNode(true);
+  prose.querySelectorAll('pre, code, .math, mjx-container, script, style').forEach(e => e.remove());
+  const shown = e => e.checkVisibility() && e.getBoundingClientRect().height > 0;
+  return {
+    title: (main.querySelector('h1') || {}).textContent.replace(/#$/, ''),
+    prose: prose.textContent, text: main.innerText,
+    tables: main.querySelectorAll('table').length,
+    figures: [...main.querySelectorAll('.cell_output img')].map(i => ({src: i.src, width: i.getBoundingClientRect().width, natural: i.naturalWidth})),
+    code_in_view: [...main.querySelectorAll('.cell_input')].filter(shown).length,
+    math: main.querySelectorAll('.math').length, rendered: main.querySelectorAll('mjx-container').length,
+    mathjax_errors: main.querySelectorAll('mjx-merror').length,
+    broken_images: [...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src),
+    images: document.images.length,
+    downloads: [...document.querySelectorAll('.dropdown-download-buttons a')].map(a => a.href).filter(h => h.endsWith('.ipynb')),
+  };
+}"""
+
+
+def machine_paths() -> list[str]:
+    "The absolute paths no page may show: the repository's and the data root's."
+    from fgr.data import offline_roots
+    roots = [r for r in offline_roots() if r.exists()] + ([Path(os.environ['FGR_DATA'])] if os.environ.get('FGR_DATA') else [])
+    return [str(REPO)] + [str(r.resolve()) for r in roots]
+
+
+def is_reproduction(path: str) -> bool: return path.startswith('book/experiments/')
 
 
 @pytest.fixture(scope='module')
 def browser_pages(chapters):
+    "Every page of the sidebar, and the front page, as the browser shows them: {path without .html: what READ_PAGE read}."
     import functools, http.server, threading
     if not CHROMIUM.exists():
         msg = "no /usr/bin/chromium (make test installs Debian's chromium)"
@@ -100,32 +138,35 @@ def browser_pages(chapters):
     handler.log_message = lambda *a: None
     server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f'http://127.0.0.1:{server.server_port}/'
     SHOTS.mkdir(exist_ok=True)
     args = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
             '--disable-component-update', '--disable-sync']
     results = {}
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=args)
-        for name, path in [('front', 'index.html'), ('warp', 'book/chapters/01_warp.html'),
-                           ('theory', 'book/chapters/04_theory.html'), ('table1', 'book/experiments/table1.html')]:
+        todo, sidebar = ['book/intro'], None
+        while todo:
+            name = todo.pop(0)
             page = browser.new_page(viewport={'width': 1280, 'height': 900})
             errors, failed = [], []
             page.on('pageerror', lambda e: errors.append(str(e)))
             page.on('console', lambda m: errors.append(m.text) if m.type == 'error' else None)
             page.on('requestfailed', lambda r: failed.append(r.url))
             page.on('response', lambda r: failed.append(r.url) if r.status >= 400 else None)
-            page.goto(f'http://127.0.0.1:{server.server_port}/{path}', wait_until='networkidle')
-            page.wait_for_timeout(500)
+            page.goto(base + name + '.html', wait_until='networkidle')
+            page.wait_for_timeout(300)
             if page.locator('.math').count():
                 page.wait_for_function("() => window.MathJax && MathJax.startup && MathJax.startup.promise", timeout=20000)
                 page.evaluate("() => MathJax.startup.promise")
-            results[name] = dict(
-                url=page.url, errors=errors, failed=failed,
-                math=page.locator('.math').count(), rendered=page.locator('mjx-container').count(),
-                mathjax_errors=page.locator('mjx-merror').count(),
-                broken_images=page.evaluate("() => [...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)"),
-                images=page.evaluate("() => document.images.length"))
-            page.screenshot(path=str(SHOTS / f'{name}.png'), full_page=False)
+            if sidebar is None:               # the front page's sidebar lists every page, in order
+                sidebar = page.evaluate("() => [...document.querySelectorAll('nav.bd-docs-nav a.reference.internal')].map(a => [a.textContent.trim(), a.href])")
+                todo += [href.removeprefix(base).split('#')[0].removesuffix('.html') for _, href in sidebar]
+            seen = page.evaluate(READ_PAGE)
+            seen['notebooks'] = [(got.status, got.text() if got.ok else '') for got in map(page.request.get, seen['downloads'])]
+            results[name] = dict(seen, errors=errors, failed=failed, sidebar=sidebar, html=(HTML / f'{name}.html').read_text(encoding='utf-8'))
+            if name == 'book/intro' or is_reproduction(name):
+                page.screenshot(path=str(SHOTS / f"{name.replace('/', '_')}.png"), full_page=True)
             page.close()
         browser.close()
     server.shutdown()
@@ -138,15 +179,63 @@ def test_pages_load_without_javascript_errors_or_missing_files(browser_pages):
         # the browser asks for /favicon.ico on its own; the book never links one
         assert not [u for u in r['failed'] if '127.0.0.1' in u and not u.endswith('/favicon.ico')], f"{name}: missing files {r['failed']}"
         assert not [u for u in r['failed'] if '127.0.0.1' not in u], f"{name}: the page reached off the machine {r['failed']}"
+        assert not r['broken_images'], f"{name}: images that did not load {r['broken_images']}"
 
 
 def test_math_renders_offline(browser_pages):
-    for name in ('warp', 'theory'):
+    for name in ('book/chapters/01_warp', 'book/chapters/04_theory'):
         r = browser_pages[name]
         assert r['math'] > 0 and r['rendered'] >= r['math'], f"{name}: {r['rendered']} of {r['math']} formulas rendered"
+    for name, r in browser_pages.items():
         assert r['mathjax_errors'] == 0, f"{name}: MathJax reported {r['mathjax_errors']} errors"
 
 
 def test_figures_load(browser_pages):
-    r = browser_pages['theory']
+    r = browser_pages['book/chapters/04_theory']
     assert r['images'] >= 2 and not r['broken_images'], r
+
+
+def test_every_table_is_rendered(browser_pages):
+    for name, r in browser_pages.items():
+        raw = re.search(r'\|[^|\n]*\|[^|\n]*\||\|\s*:?(-{3,}|—|–):?\s*\|', r['prose'])
+        assert not raw, f"{name}: a Markdown table that did not render: {raw[0]!r}"
+
+
+def test_reproduction_pages_lead_with_a_table_or_a_figure_and_hide_their_code(browser_pages):
+    reproduction = [n for n in browser_pages if is_reproduction(n)]
+    assert len(reproduction) >= 11, reproduction          # Table 1, its rows, Figures 2 and 3, theory, cost
+    for name in reproduction:
+        r = browser_pages[name]
+        assert r['tables'] or r['figures'], f"{name}: neither an HTML table nor a figure"
+        assert r['code_in_view'] == 0, f"{name}: {r['code_in_view']} code cells in view; a reproduction page's code is behind a toggle"
+        assert 'Parameters: profile = ' in r['text'], f"{name}: papermill's parameters are not stated in one line"
+    assert all(browser_pages[n]['code_in_view'] for n in browser_pages if n.startswith('book/chapters/')), "library chapters show their code"
+
+
+def test_figures_are_wide_enough_to_read(browser_pages):
+    from fgr.experiments import PAGE_PX        # the width at which check_legible measured every figure's labels
+    for name in filter(is_reproduction, browser_pages):
+        for f in browser_pages[name]['figures']:
+            assert f['width'] >= MIN_FIGURE_PX, f"{name}: a figure rendered {f['width']:.0f} px wide, under {MIN_FIGURE_PX} px: {f['src']}"
+            assert f['width'] >= min(f['natural'], PAGE_PX) - 1, \
+                f"{name}: a figure shown {f['width']:.0f} px wide, narrower than the {PAGE_PX} px its labels were checked at"
+
+
+def test_pages_are_named_for_what_they_hold(browser_pages):
+    titles = [t for t, _ in browser_pages['book/intro']['sidebar']]
+    assert len(titles) == len(set(titles)), f"pages in the sidebar share a title: {sorted(t for t in titles if titles.count(t) > 1)}"
+    runs = [n for n in browser_pages if n.startswith('book/experiments/runs/')]
+    assert runs and all(' · ' in browser_pages[n]['title'] for n in runs), "a row page is titled by its row"
+
+
+def test_no_page_shows_the_machine_that_built_it(browser_pages):
+    shown = [(name, path, where) for name, r in browser_pages.items() for path in machine_paths()
+             for where, text in [('page', r['html'])] + [('notebook', t) for _, t in r['notebooks']] if path in text]
+    assert not shown, f"absolute paths of the build machine (page, path, in the page or its notebook): {shown}"
+
+
+def test_every_page_can_be_downloaded_and_rerun(browser_pages):
+    for name, r in browser_pages.items():
+        assert r['notebooks'] and all(status == 200 and json.loads(text)['cells'] for status, text in r['notebooks']), \
+            f"{name}: the download button offers no notebook that loads {r['downloads']}"
+        assert re.search(r'Rerun: cd nbs(/experiments)? && papermill \S+\.ipynb', r['text']), f"{name}: no papermill command to rerun it"
