@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from . import attacks
-from .data import DATASETS, atomic_write, load_cifar, random_subset, to_float
+from .data import DATASETS, PIPELINES, atomic_write, load_cifar, random_subset, to_float
 from .gradients import check_labels, model_logits
 from .models import make_model
 from .warp import check_images
@@ -68,7 +68,8 @@ def evaluate(record:dict, attack:str, images:int=1000, seed:int=0, settings:dict
     if path.exists() and not force: return json.loads(path.read_text())
     cfg = record['config']
     x, y = random_subset(*load_cifar(cfg['dataset'], 'test', cfg.get('data_root')), images, seed)
-    result = robust_accuracy(load_model(record, device), to_float(x).to(device), y.to(device), attack, batch_size, **settings)
+    x = PIPELINES[cfg.get('pipeline') or 'paper'][1](to_float(x).to(device))     # the test transform the model was trained for
+    result = robust_accuracy(load_model(record, device), x, y.to(device), attack, batch_size, **settings)
     out = dict(run=record['config_hash'], run_dir=record['run_dir'], config=cfg, attack=attack, settings=settings, seed=seed,
                key=key, device=str(device), finished=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
                **result)
