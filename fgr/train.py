@@ -22,7 +22,7 @@ from tqdm import tqdm
 import fgr as fgr_package
 from .warp import warp, check_images
 from .gradients import model_logits, check_labels, flow_gradient
-from .penalties import CONVENTIONS, loss_and_input_gradient, _igr_from_gradient, _fgr_from_gradient
+from .penalties import CONVENTIONS, penalized_loss
 from .attacks import multi_step, pgd_linf
 from .models import ARCHITECTURES, make_model
 from .data import DATASETS, PIPELINES, check_pipeline, load_cifar, to_float, atomic_write
@@ -155,15 +155,14 @@ def adt(model:nn.Module, x:torch.Tensor, y:torch.Tensor, cfg:TrainConfig) -> Obj
     return standard(model, adversarial_deformation(model, x, y, cfg), y, cfg)
 
 # %% ../nbs/08_train.ipynb #6b608610
-def _penalised(model:nn.Module, x:torch.Tensor, y:torch.Tensor, cfg:TrainConfig, penalty_from_gradient) -> Objective:
-    "Cross-entropy + λ · `penalty_from_gradient(∇_x L, x)`, both from one forward pass of `x`."
-    logits, loss, gx = loss_and_input_gradient(model, x, y, cfg.convention)
-    penalty = penalty_from_gradient(gx, x)
-    return Objective(loss + cfg.lam * penalty, penalty.detach(), logits)
+def _penalised(model:nn.Module, x:torch.Tensor, y:torch.Tensor, cfg:TrainConfig, penalty:str) -> Objective:
+    "Cross-entropy + λ · `penalty` ('igr' or 'fgr'), both from one forward pass of `x` (`fgr.penalties.penalized_loss`)."
+    out = penalized_loss(model, x, y, cfg.lam, penalty, cfg.convention)
+    return Objective(out.loss, out.penalty.detach(), out.logits)
 
 def igr(model:nn.Module, x:torch.Tensor, y:torch.Tensor, cfg:TrainConfig) -> Objective:
     "IGR (Ross & Doshi-Velez; Eq. 5): cross-entropy + λ ‖∇_x L‖², from one forward pass."
-    return _penalised(model, x, y, cfg, _igr_from_gradient)
+    return _penalised(model, x, y, cfg, 'igr')
 
 def random_flow(x:torch.Tensor, std:float) -> torch.Tensor:
     "`x` warped by a Gaussian random flow of `std` grid units per component (the authors' code); `x` itself if `std` is 0."
@@ -171,7 +170,7 @@ def random_flow(x:torch.Tensor, std:float) -> torch.Tensor:
 
 def fgr(model:nn.Module, x:torch.Tensor, y:torch.Tensor, cfg:TrainConfig) -> Objective:
     "FGR (Xia & Li Eq. 11): cross-entropy + λ ‖∇_{v0} L‖², from one forward pass, after a random flow of `random_flow_std` (0 in the paper)."
-    return _penalised(model, random_flow(x, cfg.random_flow_std), y, cfg, _fgr_from_gradient)
+    return _penalised(model, random_flow(x, cfg.random_flow_std), y, cfg, 'fgr')
 
 def fgr_adt(model:nn.Module, x:torch.Tensor, y:torch.Tensor, cfg:TrainConfig) -> Objective:
     "FGR+ADT (Xia & Li §5.3): FGR's objective at the adversarial deformation."
