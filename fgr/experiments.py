@@ -7,8 +7,8 @@ __all__ = ['PAPER_LAMBDAS', 'SWEEP_LAMBDAS', 'TINY_LAMBDAS', 'ALL_ROWS', 'MINI_L
            'COLUMNS', 'TABLE1_FORMAT', 'ATTACK_COLUMNS', 'VERDICTS', 'PENALISED', 'Profile', 'defence_rows',
            'get_profile', 'attack_settings', 'runs_dir', 'row_id', 'row_config', 'run_row', 'page_evaluations',
            'evaluate_row', 'table1_path', 'table1', 'read_table1', 'paper_table1', 'paper_row', 'standard_error',
-           'curve_at', 'shared_range', 'compare_curves', 'claims', 'select_lambda', 'mark_selected', 'loss_surface',
-           'training_throughput', 'find_row', 'markdown_table', 'describe']
+           'curve_at', 'shared_range', 'compare_curves', 'claims', 'select_lambda', 'mark_selected', 'one_per_defence',
+           'loss_surface', 'training_throughput', 'find_row', 'markdown_table', 'describe']
 
 # %% ../nbs/10_experiments.ipynb #85f33dbc
 import csv, dataclasses, json, os
@@ -286,6 +286,12 @@ def mark_selected(table:list[dict], tolerance:float=0.03) -> tuple[list[dict], l
             selections.append(dict(dataset=ds, arch=arch, defense=d, lam=pick['lam'], clean=pick['clean'], target=at['clean'],
                                    gap=pick['gap'], within=pick['within'], sweep=[r['lam'] for r in sweep]))
     return out, selections
+
+# %% ../nbs/10_experiments.ipynb #c1a1b110
+def one_per_defence(rows:list[dict]) -> list[dict]:
+    "The rows of a Table 1 record that stand for their defence: those without λ, the selected ones, and every λ of a defence with none selected."
+    chosen = {(r['dataset'], r['arch'], r['defense']) for r in rows if r.get('selected')}
+    return [r for r in rows if r['defense'] not in PENALISED or r.get('selected') or (r['dataset'], r['arch'], r['defense']) not in chosen]
 
 # %% ../nbs/10_experiments.ipynb #0c35e7dd
 def loss_surface(model:torch.nn.Module, x:torch.Tensor, y:torch.Tensor, radius:float=0.02, steps:int=21,
