@@ -296,3 +296,14 @@ def test_a_run_near_chance_is_flagged(env, tmp_path):
     "Random images carry no signal: the model cannot beat chance, and its record says so."
     record = train(tiny(env, tmp_path, epochs=2))
     assert record['metrics']['did_not_learn'] is True
+
+
+def test_the_evaluate_command_attacks_a_trained_run(env, tmp_path):
+    record = train(tiny(env, tmp_path))
+    cmd = [sys.executable, '-m', 'fgr.evaluate', record['run_dir'], '--attacks', 'clean,ss', '--images', '20']
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env['sub'], cwd=REPO, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0].split() == ['attack', 'accuracy', 'queries/image', 'seconds']
+    assert [l.split()[0] for l in out.stdout.splitlines()[1:]] == ['clean', 'ss']
+    bad = subprocess.run(cmd[:3] + ['--attacks', 'stadv'], capture_output=True, text=True, env=env['sub'], cwd=REPO, timeout=300)
+    assert bad.returncode == 2 and 'valid attacks: clean, ss, ms, ob, gf' in bad.stderr
