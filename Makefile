@@ -10,7 +10,7 @@ export PYTHONHASHSEED := 0
 
 MATHJAX := .cache/static/mathjax/es5/tex-chtml.js
 
-.PHONY: venv export book test check-sync check-clean pytest nbtest book-build browser clean bench bench-full gpu-data gpu-check
+.PHONY: venv export book grid grid-deps test check-sync check-clean pytest nbtest book-build browser clean bench bench-full gpu-data gpu-check
 
 # The venv is rebuilt only when the pins or the package metadata change: a second run installs nothing.
 $(STAMP): requirements.txt settings.ini setup.py
@@ -38,11 +38,20 @@ browser:
 
 # Executed chapters go to book/ (never nbs/), then Sphinx renders them with execution off.
 book-build: export $(MATHJAX)
+	$(BIN)/python -m fgr.grid --profile $(PROFILE) --device $(DEVICE)
 	$(BIN)/python tools/build_book.py --profile $(PROFILE) --device $(DEVICE)
 	$(BIN)/jupyter-book build . --path-output book -W -n --keep-going
 
 book: book-build
 	@echo "book: open book/_build/html/index.html"
+
+# The profile's rows as tasks (chapter 12): in local processes, one per core (per GPU with DEVICE=cuda).
+grid: export
+	$(BIN)/python -m fgr.grid --profile $(PROFILE) --device $(DEVICE)
+
+# Ray, for the grid's --engine ray (an optional extra; import fgr never needs it).
+grid-deps: $(STAMP)
+	$(BIN)/python -c "import ray" 2>/dev/null || $(BIN)/pip install -q --disable-pip-version-check 'ray==2.60.0'
 
 # fgr/ is generated: exporting the notebooks again must not change it.
 check-sync: $(STAMP)
@@ -64,6 +73,7 @@ nbtest: $(STAMP)
 test: check-sync check-clean nbtest
 	$(MAKE) book-build PROFILE=tiny
 	$(MAKE) browser
+	$(MAKE) grid-deps
 	$(MAKE) pytest
 
 # Benchmarks (chapter 11): a smoke run, the full run, and the GPU check for a session with a lent GPU.

@@ -235,3 +235,42 @@ def test_bad_input(model, data, name):
         with pytest.raises(ValueError, match='iterations .* must be ≥ 1'): run(iterations=0)
     if name in ('OB', 'GF'):
         with pytest.raises(ValueError, match='c .* must be ≥ 0'): run(c=-1.)
+
+
+# --- beyond the paper's attacks (fgr.deformations, importable from fgr.attacks) -------------------------------------
+
+def _seeded_net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.Softplus(), torch.nn.AdaptiveAvgPool2d(4),
+                               torch.nn.Flatten(), torch.nn.Linear(96, 10)).double().eval()
+
+
+def test_the_new_attacks_are_importable_from_fgr_attacks():
+    from fgr import attacks, deformations
+    from fgr.attacks import strong_flow, rotation_translation, adef, elastic
+    assert (strong_flow, rotation_translation, adef, elastic) == tuple(getattr(deformations, n) for n in attacks.BEYOND_THE_PAPER)
+    with pytest.raises(AttributeError, match='no attribute'): attacks.stadv
+
+
+def test_the_strong_attack_is_at_least_as_strong_as_ms_and_stays_in_the_ball():
+    from fgr.attacks import multi_step, strong_flow
+    net, g = _seeded_net(), torch.Generator().manual_seed(1)
+    x = torch.rand(24, 3, 16, 16, dtype=torch.float64, generator=g)
+    y = net(x).argmax(1)
+    for eps in (0.005, 0.02):
+        s, m = strong_flow(net, x, y, epsilon=eps, iterations=10, restarts=1), multi_step(net, x, y, epsilon=eps)
+        assert s.success.sum() >= m.success.sum() and s.flow.abs().max() <= eps + 1e-12
+    assert strong_flow(net, x, y, epsilon=0.0, iterations=3, restarts=1).success.sum() == 0      # no budget, no success
+
+
+@pytest.mark.parametrize('attack, kwargs, message', [
+    ('strong_flow', dict(epsilon=-0.1), 'epsilon'), ('strong_flow', dict(restarts=0), 'restarts must be'),
+    ('rotation_translation', dict(rotations=0), 'grid cannot be empty'), ('rotation_translation', dict(max_translation_px=-1.), 'max_translation_px'),
+    ('adef', dict(sigma_px=0.), 'sigma_px'), ('adef', dict(max_norm_px=-1.), 'max_norm_px'),
+    ('elastic', dict(draws=0), 'draws must be'), ('elastic', dict(max_displacement_px=-2.), 'max_displacement_px'),
+])
+def test_the_new_attacks_refuse_bad_settings(attack, kwargs, message):
+    from fgr import deformations
+    net, x = _seeded_net(), torch.rand(2, 3, 16, 16, dtype=torch.float64)
+    with pytest.raises(ValueError, match=message): getattr(deformations, attack)(net, x, net(x).argmax(1), **kwargs)
+    with pytest.raises(ValueError, match='shape'): getattr(deformations, attack)(net, x[0], net(x).argmax(1))

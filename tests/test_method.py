@@ -197,3 +197,17 @@ def test_bad_convention_and_reduction_are_rejected(batch):
         fgr_penalty(small_net(), x, y, 'batch')
     with pytest.raises(ValueError, match="'mean' or 'sum'"):
         flow_gradient(small_net(), x, y, 'none')
+
+
+def test_the_public_names_of_the_penalties_module(batch):
+    "The README's import line, and its one-forward objective against the two-forward sum, in float64."
+    from fgr.penalties import flow_gradient, input_gradient, fgr_penalty, igr_penalty, penalized_loss
+    from fgr import gradients
+    assert flow_gradient is gradients.flow_gradient and input_gradient is gradients.input_gradient
+    x, y = batch
+    net = small_net()
+    for name, penalty, lam in (('fgr', fgr_penalty, 700.), ('igr', igr_penalty, 5000.)):
+        out = penalized_loss(net, x, y, lam=lam, penalty=name)
+        reference = torch.nn.functional.cross_entropy(net(x), y) + lam * penalty(net, x, y)
+        assert torch.allclose(out.loss, reference, rtol=1e-12, atol=0)
+        assert torch.allclose(out.cross_entropy + lam * out.penalty, out.loss, rtol=1e-14, atol=0)

@@ -57,8 +57,9 @@ def test_defaults_are_the_papers():
     assert (c.momentum, c.weight_decay, c.random_flow_std, c.lam_warmup_epochs) == (0.9, 5e-4, 0.0, 0.0)   # no λ warm-up
     assert (c.at_epsilon, c.at_step_size, c.at_iterations, c.adt_epsilon, c.adt_iterations) == (8 / 255, 2 / 255, 7, 0.01, 7)
     assert [TrainConfig(defense=d).resolved().lam for d in DEFENSES] == [0.0, 0.0, 5000.0, 0.0, 700.0, 700.0]
+    assert c.pipeline == 'paper'
     a = TrainConfig(defense='fgr', variant='authors_code').resolved()
-    assert (a.epochs, a.lr, a.random_flow_std) == (80, 0.01, 0.01)
+    assert (a.epochs, a.lr, a.milestones, a.random_flow_std, a.pipeline) == (80, 0.01, (40, 60), 0.01, 'authors_code')
 
 
 def test_cli_and_api_share_one_configuration():
@@ -258,3 +259,51 @@ def test_provenance_takes_the_commit_from_the_environment_when_set(monkeypatch):
     monkeypatch.setattr(fgr.train, '_git', lambda *args: 'stale' if args[0] == 'rev-parse' else ' M x')   # a stale .git
     monkeypatch.setenv('FGR_GIT_COMMIT', '0123abc')
     assert (fgr.train.provenance(torch.device('cpu'))['git_commit'], fgr.train.provenance(torch.device('cpu'))['git_dirty']) == ('0123abc', None)
+
+
+# --- the authors' data pipeline, divergence, collapse -------------------------------------------------------------
+
+def test_the_authors_pipeline_tests_on_resized_centre_crops(env, tmp_path):
+    "A run of the authors' pipeline reports the accuracy of its model on test images resized to 36 and centre-cropped to 32."
+    import torch.nn.functional as F
+    from fgr.data import load_cifar, random_subset, to_float
+    from fgr.evaluate import evaluate, load_model
+    record = train(tiny(env, tmp_path, pipeline='authors_code', epochs=2))
+    x, y = load_cifar('cifar10', 'test', str(env['data']))
+    x = to_float(x)
+    crops = F.interpolate(x, size=(36, 36), mode='bilinear', align_corners=False)[..., 2:34, 2:34]
+    assert crops.shape == x.shape and 0 <= crops.min() and crops.max() <= 1
+    model = load_model(record)
+    with torch.no_grad():
+        on_crops = (model(crops).argmax(1) == y).float().mean().item()
+        xs, ys = random_subset(x, y, 40, 0)
+        sub = F.interpolate(xs, size=(36, 36), mode='bilinear', align_corners=False)[..., 2:34, 2:34]
+        on_sub = (model(sub).argmax(1) == ys).float().mean().item()
+        on_raw = model(xs).argmax(1)
+    assert not torch.equal(on_raw, model(sub).argmax(1)), "the check needs a model whose predictions the transform changes"
+    assert record['metrics']['test_accuracy'] == pytest.approx(on_crops, abs=1e-6)
+    assert evaluate(record, 'clean', images=40)['accuracy'] == pytest.approx(on_sub, abs=1e-6)
+
+
+def test_a_non_finite_loss_stops_the_run_naming_epoch_and_step(env, tmp_path):
+    from fgr.train import DivergenceError
+    cfg = tiny(env, tmp_path, epochs=3, lr=1e30)
+    with pytest.raises(DivergenceError, match=r'non-finite loss .* in epoch \d+, step \d+ of 5'): train(cfg)
+    assert not (run_dir(cfg) / 'record.json').exists()
+
+
+def test_a_run_near_chance_is_flagged(env, tmp_path):
+    "Random images carry no signal: the model cannot beat chance, and its record says so."
+    record = train(tiny(env, tmp_path, epochs=2))
+    assert record['metrics']['did_not_learn'] is True
+
+
+def test_the_evaluate_command_attacks_a_trained_run(env, tmp_path):
+    record = train(tiny(env, tmp_path))
+    cmd = [sys.executable, '-m', 'fgr.evaluate', record['run_dir'], '--attacks', 'clean,ss', '--images', '20']
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env['sub'], cwd=REPO, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0].split() == ['attack', 'accuracy', 'queries/image', 'seconds']
+    assert [l.split()[0] for l in out.stdout.splitlines()[1:]] == ['clean', 'ss']
+    bad = subprocess.run(cmd[:4] + ['--attacks', 'stadv'], capture_output=True, text=True, env=env['sub'], cwd=REPO, timeout=300)
+    assert bad.returncode == 2 and 'valid attacks: clean, ss, ms, ob, gf' in bad.stderr
