@@ -352,12 +352,11 @@ def row_title(row:tuple, setting:bool=True) -> str:
     return ' · '.join([NAMES[ds], NAMES[arch], name]) if setting else name
 
 # %% ../nbs/10_experiments.ipynb #d53b8713
-def checked_claims(profile:Profile, results:dict) -> list[dict]:
-    "§5.4's claims for each (dataset, architecture) of `profile`, from `run_row` results keyed by `row_id`: setting, claim, holds, evidence."
-    table = [dict(dataset=r[0], arch=r[1], defense=r[2], lam=r[3], **{c: results[row_id(r)][c]['accuracy'] for c in COLUMNS})
-             for r in profile.rows]
-    return [dict(setting=f"{NAMES[ds]} {NAMES[arch]}", **c) for ds, arch in dict.fromkeys((t['dataset'], t['arch']) for t in table)
-            for c in claims([t for t in table if (t['dataset'], t['arch']) == (ds, arch)], images=profile.eval_images)]
+def checked_claims(rows:list[dict], images:int|None=None) -> list[dict]:
+    "§5.4's claims for each (dataset, architecture) of Table 1's `rows` (those compared), as `claims` decides them, with the setting's name."
+    rows = [r for r in rows if r.get('compared', True)]
+    return [dict(setting=f"{NAMES[ds]} {NAMES[arch]}", **c) for ds, arch in dict.fromkeys((r['dataset'], r['arch']) for r in rows)
+            for c in claims([r for r in rows if (r['dataset'], r['arch']) == (ds, arch)], images=images)]
 
 # %% ../nbs/10_experiments.ipynb #0329905b
 PAGE_PX = 680   # CSS pixels: about the width of the book's text column in a 1280-pixel window, 688 (tests/test_book.py checks it)
