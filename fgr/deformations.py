@@ -42,7 +42,7 @@ def _apgd_run(model, x, y, pset, loss_fn, iterations, generator):
     best_v, best_loss, eta = v.clone(), loss.clone(), x.new_full((len(x), 1, 1, 1), 2 * eps)
     fooled, fooled_v = x.new_zeros(len(x), dtype=torch.bool), v.clone()
     checkpoints, last, increases = apgd_checkpoints(iterations), 0, x.new_zeros(len(x))
-    halved_before, best_at_last = x.new_ones(len(x), dtype=torch.bool), best_loss.clone()
+    halved_before, best_at_last = x.new_zeros(len(x), dtype=torch.bool), best_loss.clone()   # at the first checkpoint: compared with the start
     previous = v
     for k in range(iterations):
         z = pset.project(x, v + eta * grad.sign())
@@ -96,7 +96,7 @@ def rigid_flow(x:torch.Tensor, angle_deg:torch.Tensor, shift_px:torch.Tensor) ->
 
 # %% ../nbs/05a_deformations.ipynb #df000016
 def rotation_translation(model:nn.Module, x:torch.Tensor, y:torch.Tensor, max_rotation_deg:float=30., max_translation_px:float=3.,
-                         rotations:int=31, translations:int=5, random:int=0, seed=0, batch:int=256) -> AttackResult:
+                         rotations:int=31, translations:int=5, random:int=10, seed=0) -> AttackResult:
     "The worst rotation and translation per image (Engstrom et al. 2019) of a grid and `random` draws; zero padding."
     for name, value in (('max_rotation_deg', max_rotation_deg), ('max_translation_px', max_translation_px)):
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0): raise ValueError(f"{name} must be a number ≥ 0, got {value!r}")

@@ -18,7 +18,8 @@ from .train import run_dir
 @contextlib.contextmanager
 def row_lock(profile:Profile, row:tuple):
     "Hold an exclusive lock on `row`'s run directory (a `.lock` file beside it) while the block runs."
-    path = run_dir(row_config(profile, row)).parent / (run_dir(row_config(profile, row)).name + '.lock')
+    folder = run_dir(row_config(profile, row))
+    path = folder.with_name(folder.name + '.lock')
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, 'a') as f:
         fcntl.flock(f, fcntl.LOCK_EX)

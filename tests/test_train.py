@@ -127,7 +127,7 @@ def test_record_reuse_and_force(env, tmp_path, capsys):
     assert p['packages']['torch'] == torch.__version__ and p['device'] == 'cpu' and 'git_commit' in p
     assert record['wall_time_s'] > 0
     out = capsys.readouterr().out
-    assert out.count('epoch ') == 2 and 'test_acc' in out and 'penalty' in out
+    assert sum(l.startswith('epoch ') for l in out.splitlines()) == 2 and 'test_acc' in out and 'penalty' in out
 
     # the same configuration again: reused, nothing written
     stamp = {f.name: f.stat().st_mtime_ns for f in folder.iterdir()}
