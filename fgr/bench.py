@@ -407,12 +407,12 @@ def training_check(data_root, device, epochs:int=3, width:float=1.0, milestones:
 # %% ../nbs/11_bench.ipynb #debfae5f
 def bench_data(n:int, seed:int=0, data_root=None) -> tuple[torch.Tensor, torch.Tensor, str]:
     "`n` CIFAR-10 training images (uint8, a fixed random subset) and labels if an offline copy exists, else random ones; and which."
-    kind, path = find_data_root('cifar10', 'train', data_root)
+    kind, _ = find_data_root('cifar10', 'train', data_root)
     if kind == 'download':
         g = torch.Generator().manual_seed(seed)
         return torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g), torch.randint(0, 10, (n,), generator=g), 'random'
     x, y = load_cifar('cifar10', 'train', data_root)
-    return *random_subset(x, y, min(n, len(x)), seed), f"cifar10 {kind} {path}"
+    return *random_subset(x, y, min(n, len(x)), seed), f"cifar10 {kind}"
 
 def device_name(device) -> str:
     "The GPU's name, or the CPU's model and core count."
@@ -621,7 +621,7 @@ def format_tables(record:dict) -> str:
     cols = [n for n in STEP_NAMES + list(CUDA_VARIANTS) if any(n in t for t in steps.values())]
     took = f", {record['seconds'] / 60:.0f} minutes" if 'seconds' in record else ''
     out = [f"Benchmark {record['created']} on {', '.join(f'{d} ({n})' for d, n in names.items())}, {record['threads']} CPU threads{took}; "
-           f"`{record['command']}`; data: {record['data']}.",
+           f"`{record['command']}`; data: {' '.join(str(record['data']).split()[:2])}.",   # not the folder: that is the build machine's
            "\nMedian ms per training step, batch 128:\n", markdown_table(['device', 'arch', 'width'] + cols,
            [[d, a, f"{w:g}"] + [_ms(t[c]) if c in t else '' for c in cols] for (d, a, w), t in steps.items()])]
     mem = {}

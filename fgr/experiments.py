@@ -8,7 +8,7 @@ __all__ = ['PAPER_LAMBDAS', 'SWEEP_LAMBDAS', 'TINY_LAMBDAS', 'ALL_ROWS', 'MINI_L
            'get_profile', 'attack_settings', 'runs_dir', 'row_id', 'row_config', 'run_row', 'page_evaluations',
            'evaluate_row', 'table1_path', 'table1', 'read_table1', 'paper_table1', 'paper_row', 'standard_error',
            'curve_at', 'shared_range', 'compare_curves', 'claims', 'select_lambda', 'mark_selected', 'one_per_defence',
-           'loss_surface', 'training_throughput', 'find_row', 'markdown_table', 'describe', 'row_title',
+           'shown_rows', 'loss_surface', 'training_throughput', 'find_row', 'markdown_table', 'describe', 'row_title',
            'checked_claims', 'check_legible']
 
 # %% ../nbs/10_experiments.ipynb #85f33dbc
@@ -292,6 +292,11 @@ def one_per_defence(rows:list[dict]) -> list[dict]:
     "The rows of a Table 1 record that stand for their defence: those without λ, the selected ones, and every λ of a defence with none selected."
     chosen = {(r['dataset'], r['arch'], r['defense']) for r in rows if r.get('selected')}
     return [r for r in rows if r['defense'] not in PENALISED or r.get('selected') or (r['dataset'], r['arch'], r['defense']) not in chosen]
+
+def shown_rows(profile:Profile, table:list[dict]) -> list[tuple]:
+    "The rows of `profile`, in its order, that `one_per_defence` keeps of its Table 1 `table`: what Figures 2 and 3, the theory and cost pages show."
+    keep = {r['row'] for r in one_per_defence(table)}
+    return [r for r in profile.rows if row_id(r) in keep]
 
 # %% ../nbs/10_experiments.ipynb #0c35e7dd
 def loss_surface(model:torch.nn.Module, x:torch.Tensor, y:torch.Tensor, radius:float=0.02, steps:int=21,
