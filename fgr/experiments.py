@@ -53,7 +53,7 @@ PAPER_LAMBDAS = {d: lams for d, lams in PENALTY_LAMBDAS.items() if lams}        
 SWEEP_LAMBDAS = dict(igr=(1000., 3000., 5000., 7000., 10000.), fgr=(100., 300., 400., 700., 1000.), fgr_adt=(100., 300., 400., 700., 1000.))
 TINY_LAMBDAS = dict(igr=(500., 5000., 50000.), fgr=(70., 700., 7000.), fgr_adt=(700.,))
 ALL_ROWS = tuple(r for ds in ('cifar10', 'cifar100') for arch in ('vgg11', 'resnet18') for r in defence_rows(ds, arch, PAPER_LAMBDAS))
-MINI_LAMBDAS = dict(igr=(5000., 15000., 40000.), fgr=(700., 2000., 5000., 12000.), fgr_adt=(2000., 6000.))   # from Table 1's up, to reach AT's clean accuracy
+MINI_LAMBDAS = dict(igr=(5000., 15000., 40000.), fgr=(700., 2000., 5000., 8000., 12000.), fgr_adt=(2000., 6000.))   # from Table 1's up, to reach AT's clean accuracy
 FAST_ATTACKS = dict(ob=dict(iterations=30), gf=dict(iterations=10, population=10))
 
 PROFILES = {
@@ -68,7 +68,7 @@ PROFILES = {
                     figure2_epsilons=(0.005, 0.01, 0.02), figure2_cs=(1.0, 10.0, 100.0), figure2_images=200,
                     figure3_images=8, figure3_steps=11,
                     note='CPU-sized: CIFAR-10 with VGG-11 at width 1/8, all 25,000 offline training images, 6 epochs, learning rate 0.01, '
-                         'λ warmed up over 2; three λ for IGR, four for FGR, two for FGR+ADT; 1,000 test images per cell'),
+                         'λ warmed up over 2; three λ for IGR, five for FGR, two for FGR+ADT; 1,000 test images per cell'),
     'paper': Profile('paper', ALL_ROWS, note="the paper's settings (§5.1, Table 1); meant for a GPU"),
     'paper_sweep': Profile('paper_sweep', tuple(r for ds in ('cifar10', 'cifar100') for arch in ('vgg11', 'resnet18') for r in defence_rows(ds, arch, SWEEP_LAMBDAS)),
                            note="the paper's settings with a wider λ sweep (IGR 1,000–10,000, FGR and FGR+ADT 100–1,000) for the trade-off curves; meant for GPUs"),
