@@ -102,9 +102,15 @@ def main(argv:list[str]|None=None) -> int:
         record = read_run(args.run_dir)
     except ValueError as e: print(f"error: {e}", file=sys.stderr); return 2
     print(f"{'attack':<8} {'accuracy':>9} {'queries/image':>14} {'seconds':>8}")
+    acc = {}
     for a in wanted:
         r = evaluate(record, a, images=args.images, device=args.device)
+        acc[a] = r['accuracy']
         print(f"{a:<8} {r['accuracy']:>9.3f} {r['queries_per_image']:>14.1f} {r['seconds']:>8.1f}", flush=True)
+    from fgr.experiments import sanity_checks           # the experiments chapter's checks, on what was evaluated here
+    failed = [c for c in sanity_checks(acc, args.images) if not c['passed']]
+    print('sanity: ' + ('; '.join(f"FAILS {c['check']} ({c['evidence']})" for c in failed) if failed else
+                        'passes (stronger attacks find more; no gradient masking, where GF and OB were both run)'))
     return 0
 
 # %% ../nbs/09_evaluate.ipynb #ev00c003

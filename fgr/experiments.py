@@ -8,8 +8,8 @@ __all__ = ['PAPER_LAMBDAS', 'SWEEP_LAMBDAS', 'TINY_LAMBDAS', 'ALL_ROWS', 'MINI_L
            'get_profile', 'attack_settings', 'runs_dir', 'row_id', 'row_config', 'run_row', 'page_evaluations',
            'evaluate_row', 'table1_path', 'table1', 'read_table1', 'paper_table1', 'paper_row', 'standard_error',
            'curve_at', 'shared_range', 'compare_curves', 'claims', 'select_lambda', 'mark_selected', 'one_per_defence',
-           'shown_rows', 'loss_surface', 'training_throughput', 'find_row', 'markdown_table', 'describe', 'row_title',
-           'checked_claims', 'check_legible']
+           'shown_rows', 'sanity_checks', 'row_checks', 'loss_surface', 'training_throughput', 'find_row',
+           'markdown_table', 'describe', 'row_title', 'checked_claims', 'check_legible']
 
 # %% ../nbs/10_experiments.ipynb #85f33dbc
 import csv, dataclasses, json, os
@@ -140,12 +140,13 @@ def table1_path(profile:Profile) -> Path:
     return runs_dir() / f"table1-{profile.name}.json"
 
 def table1(profile:Profile, device:str='cpu') -> list[dict]:
-    "Table 1's rows at `profile` (training and evaluating what is missing), with `selected` marked; also written to `table1_path`."
+    "Table 1's rows at `profile` (training and evaluating what is missing), with `selected` and the failed sanity checks marked; also written to `table1_path`."
     rows = []
     for r in profile.rows:
         res, (ds, arch, d, lam) = run_row(profile, r, device), r
         rows.append(dict(row=row_id(r), dataset=ds, arch=arch, defense=d, lam=lam, **{c: res[c]['accuracy'] for c in COLUMNS},
-                         eval_images=profile.eval_images, did_not_learn=did_not_learn(res['record']['metrics']['test_accuracy'], DATASETS[ds])))
+                         eval_images=profile.eval_images, did_not_learn=did_not_learn(res['record']['metrics']['test_accuracy'], DATASETS[ds]),
+                         failed_checks=[c['check'] for c in row_checks(profile, res, device) if not c['passed']]))
     rows = [dict(r, compared=profile.compare_near_chance or not r['did_not_learn']) for r in rows]
     chosen = {r['row']: r['selected'] for r in mark_selected([r for r in rows if r['compared']])[0]}
     rows = [dict(r, selected=chosen.get(r['row'], False if r['defense'] in PENALISED else None)) for r in rows]
@@ -297,6 +298,32 @@ def shown_rows(profile:Profile, table:list[dict]) -> list[tuple]:
     "The rows of `profile`, in its order, that `one_per_defence` keeps of its Table 1 `table`: what Figures 2 and 3, the theory and cost pages show."
     keep = {r['row'] for r in one_per_defence(table)}
     return [r for r in profile.rows if row_id(r) in keep]
+
+# %% ../nbs/10_experiments.ipynb #sa000002
+def sanity_checks(acc:dict, images:int|None, ms_curve:dict|None=None, curve_images:int|None=None) -> list[dict]:
+    """The evaluation-sanity checks of one model: `acc` maps Table 1's columns (and 'strong', where run) to accuracies on
+    `images` test images, `ms_curve` maps ε to accuracy under MS on `curve_images`; each check as dict(check, passed, evidence)."""
+    chain = [c for c in ('clean', 'ss', 'ms', 'strong') if acc.get(c) is not None]
+    out = [dict(check='stronger attacks find more: ' + ' ≥ '.join(c.upper() for c in chain),
+                passed=not any(_beats(acc[b], acc[a], images) for a, b in zip(chain, chain[1:])),
+                evidence=', '.join(f"{c.upper()} {acc[c]:.3f}" for c in chain))] if len(chain) > 1 else []
+    white = [c for c in ('ob', 'strong') if acc.get(c) is not None]
+    if acc.get('gf') is not None and white:
+        out.append(dict(check='no gradient masking: GF ≥ ' + ' and '.join(c.upper() for c in white),
+                        passed=not any(_beats(acc[c], acc['gf'], images) for c in white),
+                        evidence=', '.join(f"{c.upper()} {acc[c]:.3f}" for c in ['gf'] + white)))
+    if ms_curve:
+        eps = sorted(ms_curve)
+        out.append(dict(check='MS falls as ε grows', passed=not any(_beats(ms_curve[b], ms_curve[a], curve_images) for a, b in zip(eps, eps[1:])),
+                        evidence=', '.join(f"ε {e:g}: {ms_curve[e]:.3f}" for e in eps)))
+    return out
+
+# %% ../nbs/10_experiments.ipynb #sa000005
+def row_checks(profile:Profile, result:dict, device:str='cpu') -> list[dict]:
+    "`sanity_checks` of a `run_row` result at `profile`, with MS along Figure 2's budgets (evaluated if not yet cached)."
+    ms = {e: evaluate(result['record'], 'ms', images=profile.figure2_images, settings={**attack_settings(profile, 'ms'), 'epsilon': e},
+                      device=device)['accuracy'] for e in profile.figure2_epsilons}
+    return sanity_checks({c: result[c]['accuracy'] for c in COLUMNS}, profile.eval_images, ms, profile.figure2_images)
 
 # %% ../nbs/10_experiments.ipynb #0c35e7dd
 def loss_surface(model:torch.nn.Module, x:torch.Tensor, y:torch.Tensor, radius:float=0.02, steps:int=21,
