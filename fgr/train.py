@@ -342,20 +342,26 @@ class DivergenceError(RuntimeError):
     "Training produced a non-finite loss."
 
 def _epoch(model, optimizer, x, y, cfg, generator, desc, epoch:int=1) -> dict:
-    "One epoch (counted from 1) of `train_step`s over shuffled, augmented batches; the mean loss, penalty and training accuracy."
-    total, steps = dict(loss=0., penalty=0., correct=0), math.ceil(len(x) / cfg.batch_size)
+    """One epoch (counted from 1) of `train_step`s over shuffled, augmented batches; the mean loss, penalty and training accuracy.
+    The sums stay on the model's device and are read once, at the end (a read per step would make a GPU wait for each step)."""
+    steps, device = math.ceil(len(x) / cfg.batch_size), next(model.parameters()).device
+    total = torch.zeros(3, dtype=torch.float64, device=device)                     # loss and penalty (times images), correct
+    bad_step, bad_loss = torch.tensor(-1, device=device), torch.tensor(0., device=device)   # the first non-finite loss, if any
     bar = tqdm(batches(len(x), cfg.batch_size, generator), desc=desc, leave=False, disable=not cfg.progress, file=sys.stderr)
     for i, idx in enumerate(bar):
         xb, yb = PIPELINES[cfg.pipeline][0](x[idx.to(x.device)], generator=generator), y[idx.to(y.device)]
         step_cfg = cfg if cfg.lam_warmup_epochs == 0 else dataclasses.replace(cfg, lam=lam_schedule(cfg, (epoch - 1) * steps + i, steps))
         out = train_step(model, optimizer, xb, yb, step_cfg)
-        if not math.isfinite(out.loss.item()):
-            raise DivergenceError(f"non-finite loss ({out.loss.item()}) in epoch {epoch}, step {i + 1} of {steps}; "
-                                  f"the checkpoint after epoch {epoch - 1} is kept")
-        total['loss'] += out.loss.item() * len(idx); total['penalty'] += out.penalty.item() * len(idx)
-        total['correct'] += (out.logits.argmax(1) == yb).sum().item()
-        bar.set_postfix(loss=f"{out.loss.item():.3f}", refresh=False)
-    return dict(loss=total['loss'] / len(x), penalty=total['penalty'] / len(x), train_accuracy=total['correct'] / len(x))
+        loss = out.loss.detach()
+        total += torch.stack([loss.double() * len(idx), out.penalty.detach().double() * len(idx), (out.logits.argmax(1) == yb).sum().double()])
+        first = (bad_step < 0) & ~torch.isfinite(loss)
+        bad_step, bad_loss = torch.where(first, i, bad_step), torch.where(first, loss, bad_loss)
+        if cfg.progress and i % 20 == 0: bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    if bad_step.item() >= 0:
+        raise DivergenceError(f"non-finite loss ({bad_loss.item()}) in epoch {epoch}, step {bad_step.item() + 1} of {steps}; "
+                              f"the checkpoint after epoch {epoch - 1} is kept")
+    loss_sum, penalty_sum, correct = total.tolist()
+    return dict(loss=loss_sum / len(x), penalty=penalty_sum / len(x), train_accuracy=correct / len(x))
 
 # %% ../nbs/08_train.ipynb #126f8bfc
 def train(cfg:TrainConfig) -> dict:
