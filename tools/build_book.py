@@ -3,7 +3,7 @@
 Library chapters come from nbs/*.ipynb and are executed with papermill (cwd nbs/) into book/chapters/. Experiment
 notebooks come from nbs/experiments/ and are executed with the profile and device as parameters into book/experiments/,
 and the front page, book/intro, from nbs/experiments/intro.ipynb; `train_eval` runs once per row of the profile, into
-book/experiments/runs/<row>.ipynb, before the others. papermill's output is kept under .cache/executed/ and reused while
+book/experiments/runs/<nn>-<row>.ipynb, before the others. papermill's output is kept under .cache/executed/ and reused while
 its notebook, parameters and the package are unchanged; each build then presents it anew (`present`): nbdev directives
 become what myst-nb understands (`#| hide` and `#| default_exp` cells get the `remove-cell` tag, `#| echo: false` gives
 `remove-input`, `#| output: false` gives `remove-output`, and every `#|` line is removed from the source shown to
@@ -116,8 +116,8 @@ def main(argv=None):
     from fgr.experiments import get_profile, row_id
     digest, profile = package_digest(), get_profile(args.profile)
     params = dict(profile=profile.name, device=args.device)
-    jobs = [(ROOT / 'nbs' / 'experiments' / 'train_eval.ipynb', ROOT / 'book' / 'experiments' / 'runs' / f"{row_id(r)}.ipynb",
-             dict(params, row=row_id(r))) for r in profile.rows]
+    jobs = [(ROOT / 'nbs' / 'experiments' / 'train_eval.ipynb', ROOT / 'book' / 'experiments' / 'runs' / f"{i:02d}-{row_id(r)}.ipynb",
+             dict(params, row=row_id(r))) for i, r in enumerate(profile.rows, 1)]   # numbered: the sidebar lists them in the profile's order
     for name in toc_files():
         if '*' in name: continue                         # the runs glob: its pages are the train_eval jobs above
         target = ROOT / (name if name.endswith('.ipynb') else name + '.ipynb')
