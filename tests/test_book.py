@@ -128,7 +128,7 @@ def is_reproduction(path: str) -> bool: return path.startswith('book/experiments
 @pytest.fixture(scope='module')
 def browser_pages(chapters):
     "Every page of the sidebar, and the front page, as the browser shows them: {path without .html: what READ_PAGE read}."
-    import functools, http.server, threading
+    import functools, http.server, shutil, threading
     if not CHROMIUM.exists():
         msg = "no /usr/bin/chromium (make test installs Debian's chromium)"
         if ON_CI: pytest.fail(msg)
@@ -139,7 +139,7 @@ def browser_pages(chapters):
     server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f'http://127.0.0.1:{server.server_port}/'
-    SHOTS.mkdir(exist_ok=True)
+    shutil.rmtree(SHOTS, ignore_errors=True); SHOTS.mkdir()          # this build's pages only: no screenshot of a page gone since
     args = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
             '--disable-component-update', '--disable-sync']
     results = {}
