@@ -585,10 +585,11 @@ def check_record(record:dict) -> dict:
 def _ms(s): return f"{s * 1e3:.1f}"
 
 def training_table(rows:list[dict]) -> str:
-    "The training check's runs as a Markdown table."
-    return markdown_table(['device', 'defence', 'λ', 'arch', 'width', 'epochs', 'train images', 'test images', 'images/s', 'test accuracy', 'flow-gradient norm'],
-                          [[r['device'], r['defense'], f"{r['lam']:g}" if r.get('lam') else '', r['arch'], f"{r['width']:g}", r['epochs'], r['train_images'],
-                            r.get('test_images', ''), f"{r['images_per_s']:.0f}", f"{r['test_accuracy']:.3f}",
+    "The training check's runs as a Markdown table (few columns, so that it fits the page)."
+    return markdown_table(['device', 'model', 'training', 'images/s', 'test accuracy', 'flow-gradient norm'],
+                          [[r['device'], f"{r['defense']}" + (f" λ {r['lam']:g}" if r.get('lam') else '') + f", {r['arch']} width {r['width']:g}",
+                            f"{r['epochs']} epochs, {r['train_images']:,} images" + (f" (test {r['test_images']:,})" if r.get('test_images') else ''),
+                            f"{r['images_per_s']:.0f}", f"{r['test_accuracy']:.3f}",
                             f"{r['flow_gradient_norm']:.3g}" if 'flow_gradient_norm' in r else ''] for r in rows])
 
 def _step_medians(record:dict) -> dict:

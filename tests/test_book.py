@@ -104,6 +104,8 @@ READ_PAGE = """() => {
     title: (main.querySelector('h1') || {}).textContent.replace(/#$/, ''),
     prose: prose.textContent, text: main.innerText,
     tables: main.querySelectorAll('table').length,
+    clipped_tables: [...main.querySelectorAll('table')].filter(t => t.getBoundingClientRect().width > t.parentElement.getBoundingClientRect().width + 1)
+                      .map(t => t.rows.length ? t.rows[0].innerText.replace(/\\s+/g, ' ').slice(0, 80) : ''),
     figures: [...main.querySelectorAll('.cell_output img')].map(i => ({src: i.src, width: i.getBoundingClientRect().width, natural: i.naturalWidth})),
     code_in_view: [...main.querySelectorAll('.cell_input')].filter(shown).length,
     math: main.querySelectorAll('.math').length, rendered: main.querySelectorAll('mjx-container').length,
@@ -199,6 +201,11 @@ def test_every_table_is_rendered(browser_pages):
     for name, r in browser_pages.items():
         raw = re.search(r'\|[^|\n]*\|[^|\n]*\||\|\s*:?(-{3,}|—|–):?\s*\|', r['prose'])
         assert not raw, f"{name}: a Markdown table that did not render: {raw[0]!r}"
+
+
+def test_no_table_is_wider_than_the_page(browser_pages):
+    clipped = {name: r['clipped_tables'] for name, r in browser_pages.items() if r['clipped_tables']}
+    assert not clipped, f"tables wider than the text column, so that their last columns are cut off (page: first rows): {clipped}"
 
 
 def test_reproduction_pages_lead_with_a_table_or_a_figure_and_hide_their_code(browser_pages):
