@@ -588,7 +588,7 @@ def training_table(rows:list[dict]) -> str:
     "The training check's runs as a Markdown table (few columns, so that it fits the page)."
     return markdown_table(['device', 'model', 'training', 'images/s', 'test accuracy', 'flow-gradient norm'],
                           [[r['device'], f"{r['defense']}" + (f" λ {r['lam']:g}" if r.get('lam') else '') + f", {r['arch']} width {r['width']:g}",
-                            f"{r['epochs']} epochs, {r['train_images']:,} images" + (f" (test {r['test_images']:,})" if r.get('test_images') else ''),
+                            f"{r['epochs']} epoch{'s' * (r['epochs'] != 1)}, {r['train_images']:,} images" + (f" (test {r['test_images']:,})" if r.get('test_images') else ''),
                             f"{r['images_per_s']:.0f}", f"{r['test_accuracy']:.3f}",
                             f"{r['flow_gradient_norm']:.3g}" if 'flow_gradient_norm' in r else ''] for r in rows])
 

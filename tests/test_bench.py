@@ -207,7 +207,7 @@ def test_training_check_trains_each_recipe_and_reports_it(packed_subset, monkeyp
     assert [r['defense'] for r in out] == ['standard', 'fgr'] and out[1]['lam'] == TrainConfig(defense='fgr').resolved().lam
     assert all(r['train_images'] == 40 and r['test_images'] == 20 and r['images_per_s'] > 0 and 0 <= r['test_accuracy'] <= 1
                and r['flow_gradient_norm'] > 0 and len(r['history']) == 1 for r in out)
-    assert '| fgr | 700 |' in bench.training_table([dict(device='cpu', **r) for r in out])
+    assert '| cpu | fgr λ 700, vgg11 width 0.0625 | 1 epoch, 40 images (test 20) |' in bench.training_table([dict(device='cpu', **r) for r in out])
 
 
 def test_a_variant_that_fails_is_recorded_and_skipped(monkeypatch):
