@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import torch
 import fgr
-from .evaluate import TABLE1_SETTINGS, evaluate, load_model
+from .evaluate import TABLE1, TABLE1_SETTINGS, evaluate, load_model
 from .data import DATASETS, atomic_write
 from .train import PENALTY_LAMBDAS, TrainConfig, did_not_learn, train
 
@@ -96,7 +96,7 @@ def attack_settings(profile:Profile, attack:str) -> dict:
     return {**TABLE1_SETTINGS[attack], **profile.attack_settings.get(attack, {})}
 
 # %% ../nbs/10_experiments.ipynb #047e30dd
-COLUMNS = ('clean', 'ss', 'ms', 'ob', 'gf')
+COLUMNS = TABLE1   # Table 1's columns, as the evaluation chapter names them
 
 def runs_dir() -> Path:
     "Where experiment runs live: $FGR_RUNS, else runs/ at the top of the repository."
@@ -273,7 +273,7 @@ def claims(table:list[dict], images:int|None=None, points:int=5) -> list[dict]:
 
 def _every(wins):
     "'every defence …': holds only where each comparison is won, does not hold where each is lost."
-    return 'crosses' if True in wins and False in wins else 'holds' if wins and all(wins) else 'does not hold' if wins and not any(w is not False for w in wins) else 'within noise'
+    return 'crosses' if True in wins and False in wins else 'holds' if wins and all(wins) else 'does not hold' if wins and all(w is False for w in wins) else 'within noise'
 
 def _span(rows): return f"{min(r['clean'] for r in rows):.3f}–{max(r['clean'] for r in rows):.3f}"
 
