@@ -26,6 +26,7 @@ class AttackResult:
     success: torch.Tensor          # (B,) bool: the prediction on x_adv differs from y
     queries: int                   # forward passes of the model per image, the final check included
     correct_fraction: torch.Tensor|None = None   # (B,) average-case attacks (`elastic`): the share of draws classified correctly
+    magnitude_px: torch.Tensor|None = None       # (B,) minimal-deformation attacks (`adef`): the largest displacement found, pixels; inf where none fooled
 
 # %% ../nbs/05_attacks.ipynb #641897fd
 SETTING_RULES = {'epsilon': (0, 'the budget'), 'step_size': (0, 'the step size'), 'c': (0, 'the balancing parameter'),

@@ -7,7 +7,7 @@ __all__ = ['TABLE1', 'ATTACKS', 'TABLE1_SETTINGS', 'robust_accuracy', 'load_mode
            'main']
 
 # %% ../nbs/09_evaluate.ipynb #51197e85
-import argparse, builtins, hashlib, json, os, sys, time
+import argparse, builtins, hashlib, json, math, os, sys, time
 from pathlib import Path
 import torch
 import torch.nn as nn
@@ -27,10 +27,10 @@ TABLE1_SETTINGS = {'clean': {}, 'ss': dict(epsilon=0.01), 'ms': dict(epsilon=0.0
 
 # %% ../nbs/09_evaluate.ipynb #22ac101a
 def robust_accuracy(model:nn.Module, x:torch.Tensor, y:torch.Tensor, attack:str='clean', batch_size:int=250, **settings) -> dict:
-    "Accuracy of `model` on images `x` in [0, 1] after `attack` (a key of `ATTACKS`), with model queries and time."
+    "Accuracy of `model` on images `x` in [0, 1] after `attack` (a key of `ATTACKS`), with model queries and time (and, for `adef`, each image's `magnitudes_px`: None where it found none)."
     if attack not in ATTACKS: raise ValueError(f"unknown attack {attack!r}; valid attacks: {', '.join(ATTACKS)}")
     check_images(x); check_labels(y, x)
-    was_training, correct, queries, start = model.training, 0, 0, time.perf_counter()
+    was_training, correct, queries, magnitudes, start = model.training, 0, 0, [], time.perf_counter()
     model.eval()
     try:
         for i in range(0, len(x), batch_size):
@@ -38,12 +38,13 @@ def robust_accuracy(model:nn.Module, x:torch.Tensor, y:torch.Tensor, attack:str=
             if ATTACKS[attack] is not None:
                 result = ATTACKS[attack](model, xb, yb, **settings)
                 xb, queries = result.x_adv, queries + result.queries * len(xb)
+                if result.magnitude_px is not None: magnitudes += [m if math.isfinite(m) else None for m in result.magnitude_px.tolist()]
                 if result.correct_fraction is not None:              # average case (`elastic`): the share of its draws still correct
                     correct += result.correct_fraction.sum().item(); continue
             with torch.no_grad(): correct += (model_logits(model, xb).argmax(1) == yb).sum().item()
     finally: model.train(was_training)
     return dict(accuracy=correct / len(x), correct=correct, images=len(x), queries_per_image=queries / len(x),
-                seconds=time.perf_counter() - start)
+                seconds=time.perf_counter() - start, **(dict(magnitudes_px=magnitudes) if magnitudes else {}))
 
 # %% ../nbs/09_evaluate.ipynb #eb2ff503
 def load_model(record:dict, device='cpu') -> nn.Module:

@@ -4,13 +4,13 @@
 
 # %% auto #0
 __all__ = ['NAMES', 'PAPER_LAMBDAS', 'SWEEP_LAMBDAS', 'TINY_LAMBDAS', 'ALL_ROWS', 'PAPER_PROFILE_LR', 'MINI_LAMBDAS',
-           'FAST_ATTACKS', 'PROFILES', 'COLUMNS', 'TABLE1_FORMAT', 'ATTACK_COLUMNS', 'VERDICTS', 'MATCH_TOLERANCE',
-           'PENALISED', 'PAGE_PX', 'Profile', 'defence_rows', 'get_profile', 'attack_settings', 'runs_dir', 'row_id',
-           'row_config', 'run_row', 'page_evaluations', 'evaluate_row', 'table1_path', 'table1', 'read_table1',
-           'paper_table1', 'paper_row', 'standard_error', 'curve_at', 'shared_range', 'compare_curves', 'claims',
-           'select_lambda', 'mark_selected', 'one_per_defence', 'shown_rows', 'sanity_checks', 'row_checks',
-           'loss_surface', 'training_throughput', 'find_row', 'markdown_table', 'describe', 'row_title',
-           'checked_claims', 'check_legible']
+           'FAST_ATTACKS', 'PROFILES', 'COLUMNS', 'BEYOND', 'TABLE1_FORMAT', 'ATTACK_COLUMNS', 'VERDICTS',
+           'MATCH_TOLERANCE', 'PENALISED', 'PAGE_PX', 'Profile', 'defence_rows', 'get_profile', 'attack_settings',
+           'runs_dir', 'row_id', 'row_config', 'run_row', 'unseen_evaluations', 'page_evaluations', 'evaluate_row',
+           'table1_path', 'table1', 'read_table1', 'paper_table1', 'paper_row', 'standard_error', 'curve_at',
+           'shared_range', 'compare_curves', 'claims', 'select_lambda', 'mark_selected', 'one_per_defence',
+           'shown_rows', 'sanity_checks', 'row_checks', 'loss_surface', 'training_throughput', 'find_row',
+           'markdown_table', 'describe', 'row_title', 'checked_claims', 'check_legible']
 
 # %% ../nbs/10_experiments.ipynb #85f33dbc
 import csv, dataclasses, json, os
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import torch
 import fgr
-from .evaluate import TABLE1, TABLE1_SETTINGS, evaluate, load_model
+from .evaluate import ATTACKS, TABLE1, TABLE1_SETTINGS, evaluate, load_model
 from .data import DATASETS, atomic_write
 from .train import PENALTY_LAMBDAS, TrainConfig, did_not_learn, train
 
@@ -42,6 +42,10 @@ class Profile:
     figure2_images: int = 1000
     figure3_images: int = 16
     figure3_steps: int = 21
+    unseen_images: int = 2000        # test images per evaluation beyond Table 1's threat model (page 'Unseen deformations')
+    rotation_levels: tuple = ((10., 1.), (20., 2.), (30., 3.))   # (largest rotation °, largest translation px) of `rotation_translation`
+    elastic_px: tuple = (0.5, 1., 2., 3.)                        # largest displacements of `elastic`, pixels
+    adef_budgets_px: tuple = (0.25, 0.5, 1., 2.)                 # budgets at which ADef's minimal deformations are counted, pixels
     compare_near_chance: bool = False   # select and compare models that did not learn (only to exercise the code, in CI)
     note: str = ''
 
@@ -59,21 +63,23 @@ TINY_LAMBDAS = dict(igr=(500., 5000., 50000.), fgr=(70., 700., 7000.), fgr_adt=(
 ALL_ROWS = tuple(r for ds in ('cifar10', 'cifar100') for arch in ('vgg11', 'resnet18') for r in defence_rows(ds, arch, PAPER_LAMBDAS))
 PAPER_PROFILE_LR = 0.01   # not the paper's 0.1: at full width our VGG-11 does not train at 0.1 (page 'Why the penalised models collapse')
 MINI_LAMBDAS = dict(igr=(5000., 15000., 40000.), fgr=(700., 2000., 5000., 8000., 12000.), fgr_adt=(2000., 6000.))   # from Table 1's up, to reach AT's clean accuracy
-FAST_ATTACKS = dict(ob=dict(iterations=30), gf=dict(iterations=10, population=10))
+FAST_ATTACKS = dict(ob=dict(iterations=30), gf=dict(iterations=10, population=10), strong=dict(iterations=10, restarts=1),
+                    rotation_translation=dict(rotations=5, translations=3, random=2), adef=dict(iterations=5, candidates=2), elastic=dict(draws=2))
 
 PROFILES = {
     'tiny': Profile('tiny', defence_rows('cifar10', 'vgg11', TINY_LAMBDAS) + (('cifar100', 'vgg11', 'standard', None),), width=1/16, epochs=1,
                     milestones=(), train_limit=512, lam_warmup_epochs=0.5, test_limit=256, eval_images=64, attack_settings=FAST_ATTACKS, compare_near_chance=True,
                     figure2_epsilons=(0.005, 0.01, 0.02), figure2_cs=(1.0, 10.0, 100.0), figure2_images=32,
-                    figure3_images=4, figure3_steps=7,
+                    figure3_images=4, figure3_steps=7, unseen_images=32, rotation_levels=((10., 1.), (30., 3.)), elastic_px=(1., 3.), adef_budgets_px=(0.5, 2.),
                     note='CI smoke test: 512 training images per model, width 1/16, one epoch, three λ for IGR and FGR; its models are near chance and are compared anyway, so its numbers show only that the pipeline runs'),
     'mini': Profile('mini', defence_rows('cifar10', 'vgg11', MINI_LAMBDAS), width=1/8, epochs=6, lr=0.01,
                     milestones=(4, 5), train_limit=None, lam_warmup_epochs=2, test_limit=1000, eval_images=1000,
-                    attack_settings=dict(ob=dict(iterations=50), gf=dict(iterations=20, population=10)),
+                    attack_settings=dict(ob=dict(iterations=50), gf=dict(iterations=20, population=10), strong=dict(iterations=50, restarts=1),
+                                         rotation_translation=dict(rotations=11, translations=3), adef=dict(iterations=20, candidates=3), elastic=dict(draws=5)),
                     figure2_epsilons=(0.005, 0.01, 0.02), figure2_cs=(1.0, 10.0, 100.0), figure2_images=200,
-                    figure3_images=8, figure3_steps=11,
+                    figure3_images=8, figure3_steps=11, unseen_images=500,
                     note='CPU-sized: CIFAR-10 with VGG-11 at width 1/8, all 25,000 offline training images, 6 epochs, learning rate 0.01, '
-                         'λ warmed up over 2; three λ for IGR, five for FGR, two for FGR+ADT; 1,000 test images per cell'),
+                         'λ warmed up over 2; three λ for IGR, five for FGR, two for FGR+ADT; 1,000 test images per cell of Table 1, 500 per unseen deformation'),
     'paper': Profile('paper', ALL_ROWS, lr=PAPER_PROFILE_LR,
                      note="the paper's settings (§5.1, Table 1) but the authors' code's learning rate 0.01; meant for a GPU"),
     'paper_sweep': Profile('paper_sweep', tuple(r for ds in ('cifar10', 'cifar100') for arch in ('vgg11', 'resnet18') for r in defence_rows(ds, arch, SWEEP_LAMBDAS)),
@@ -92,11 +98,13 @@ def get_profile(name:str) -> Profile:
     return PROFILES[name]
 
 def attack_settings(profile:Profile, attack:str) -> dict:
-    "Table 1's settings for `attack`, with the profile's changes."
-    return {**TABLE1_SETTINGS[attack], **profile.attack_settings.get(attack, {})}
+    "Table 1's settings for `attack` (the attack's defaults beyond Table 1), with the profile's changes."
+    if attack not in ATTACKS: raise ValueError(f"unknown attack {attack!r}; valid attacks: {', '.join(ATTACKS)}")
+    return {**TABLE1_SETTINGS.get(attack, {}), **profile.attack_settings.get(attack, {})}
 
 # %% ../nbs/10_experiments.ipynb #047e30dd
 COLUMNS = TABLE1   # Table 1's columns, as the evaluation chapter names them
+BEYOND = ('strong',)   # the column Table 1's page adds beside MS: APGD in the same threat model (not in the paper)
 
 def runs_dir() -> Path:
     "Where experiment runs live: $FGR_RUNS, else runs/ at the top of the repository."
@@ -116,7 +124,7 @@ def row_config(profile:Profile, row:tuple, device:str='cpu') -> TrainConfig:
                        device=device, runs_dir=str(runs_dir()), progress=False)
 
 # %% ../nbs/10_experiments.ipynb #21037c8a
-def run_row(profile:Profile, row:tuple, device:str='cpu', columns=COLUMNS) -> dict:
+def run_row(profile:Profile, row:tuple, device:str='cpu', columns=COLUMNS + BEYOND) -> dict:
     "Train (or reuse) `row` and evaluate it under every column; returns {'record': training record, column: evaluation}."
     record = train(row_config(profile, row, device))
     out = dict(record=record)
@@ -125,16 +133,25 @@ def run_row(profile:Profile, row:tuple, device:str='cpu', columns=COLUMNS) -> di
     return out
 
 # %% ../nbs/10_experiments.ipynb #c1a1b302
+def unseen_evaluations(profile:Profile) -> list[tuple[str, float, dict, int]]:
+    "(family, magnitude, settings, images) of each deformation beyond the flow ball; ADef runs once, at the largest budget, and is counted at each."
+    out = [('rotation_translation', deg, {**attack_settings(profile, 'rotation_translation'), 'max_rotation_deg': deg, 'max_translation_px': px},
+            profile.unseen_images) for deg, px in profile.rotation_levels]
+    out += [('elastic', m, {**attack_settings(profile, 'elastic'), 'max_displacement_px': m}, profile.unseen_images) for m in profile.elastic_px]
+    return out + [('adef', max(profile.adef_budgets_px), {**attack_settings(profile, 'adef'), 'max_norm_px': max(profile.adef_budgets_px)},
+                   profile.unseen_images)]
+
 def page_evaluations(profile:Profile) -> list[tuple[str, dict, int]]:
-    "(attack, settings, images) of every evaluation the reproduction pages read from each model: Table 1's columns, then Figure 2's curves."
-    out = [(c, attack_settings(profile, c), profile.eval_images) for c in COLUMNS]
+    "(attack, settings, images) of every evaluation the reproduction pages read from each model: Table 1's columns and the strong attack, Figure 2's curves, the unseen deformations."
+    out = [(c, attack_settings(profile, c), profile.eval_images) for c in COLUMNS + BEYOND]
     out += [('ms', {**attack_settings(profile, 'ms'), 'epsilon': e}, profile.figure2_images) for e in profile.figure2_epsilons]
-    return out + [('ob', {**attack_settings(profile, 'ob'), 'c': c}, profile.figure2_images) for c in profile.figure2_cs]
+    out += [('ob', {**attack_settings(profile, 'ob'), 'c': c}, profile.figure2_images) for c in profile.figure2_cs]
+    return out + [(family, settings, images) for family, _, settings, images in unseen_evaluations(profile)]
 
 def evaluate_row(profile:Profile, row:tuple, device:str='cpu') -> dict:
     "`run_row`, then every other evaluation of `page_evaluations` (cached like all evaluations); returns `run_row`'s result."
     result = run_row(profile, row, device)
-    for attack, settings, images in page_evaluations(profile)[len(COLUMNS):]:
+    for attack, settings, images in page_evaluations(profile)[len(COLUMNS + BEYOND):]:
         evaluate(result['record'], attack, images=images, settings=settings, device=device)
     return result
 
@@ -150,7 +167,7 @@ def table1(profile:Profile, device:str='cpu') -> list[dict]:
     rows = []
     for r in profile.rows:
         res, (ds, arch, d, lam) = run_row(profile, r, device), r
-        rows.append(dict(row=row_id(r), dataset=ds, arch=arch, defense=d, lam=lam, **{c: res[c]['accuracy'] for c in COLUMNS},
+        rows.append(dict(row=row_id(r), dataset=ds, arch=arch, defense=d, lam=lam, **{c: res[c]['accuracy'] for c in COLUMNS + BEYOND},
                          eval_images=profile.eval_images, did_not_learn=did_not_learn(res['record']['metrics']['test_accuracy'], DATASETS[ds]),
                          failed_checks=[c['check'] for c in row_checks(profile, res, device) if not c['passed']]))
     rows = [dict(r, compared=profile.compare_near_chance or not r['did_not_learn']) for r in rows]
@@ -346,7 +363,7 @@ def row_checks(profile:Profile, result:dict, device:str='cpu') -> list[dict]:
     "`sanity_checks` of a `run_row` result at `profile`, with MS along Figure 2's budgets (evaluated if not yet cached)."
     ms = {e: evaluate(result['record'], 'ms', images=profile.figure2_images, settings={**attack_settings(profile, 'ms'), 'epsilon': e},
                       device=device)['accuracy'] for e in profile.figure2_epsilons}
-    return sanity_checks({c: result[c]['accuracy'] for c in COLUMNS}, profile.eval_images, ms, profile.figure2_images)
+    return sanity_checks({c: result[c]['accuracy'] for c in COLUMNS + BEYOND if c in result}, profile.eval_images, ms, profile.figure2_images)
 
 # %% ../nbs/10_experiments.ipynb #0c35e7dd
 def loss_surface(model:torch.nn.Module, x:torch.Tensor, y:torch.Tensor, radius:float=0.02, steps:int=21,
