@@ -599,11 +599,11 @@ def _step_medians(record:dict) -> dict:
     return steps
 
 def step_ratios(record:dict) -> str:
-    "Each variant's median step time over Standard's, per device, architecture and width, as a Markdown table."
+    "Each variant's median step time over Standard's as a Markdown table: a row per variant, a column per device, architecture and width."
     steps = _step_medians(record)
-    cols = [n for n in STEP_NAMES + list(CUDA_VARIANTS) if n != 'standard' and any(n in t for t in steps.values())]
-    return markdown_table(['device', 'arch', 'width'] + cols, [[d, a, f"{w:g}"] + [f"{t[c] / t['standard']:.2f}" if c in t and 'standard' in t else ''
-                          for c in cols] for (d, a, w), t in steps.items()])
+    names = [n for n in STEP_NAMES + list(CUDA_VARIANTS) if n != 'standard' and any(n in t for t in steps.values())]
+    return markdown_table(['variant'] + [f"{d} · {a} · width {w:g}" for d, a, w in steps],
+                          [[n] + [t[n] / t['standard'] if n in t and 'standard' in t else None for t in steps.values()] for n in names])
 
 def targets_table(record:dict) -> str:
     "The record's targets as a Markdown table: value, threshold, met."
