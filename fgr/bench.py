@@ -602,7 +602,7 @@ def step_ratios(record:dict) -> str:
     "Each variant's median step time over Standard's as a Markdown table: a row per variant, a column per device, architecture and width."
     steps = _step_medians(record)
     names = [n for n in STEP_NAMES + list(CUDA_VARIANTS) if n != 'standard' and any(n in t for t in steps.values())]
-    return markdown_table(['variant'] + [f"{d} · {a} · width {w:g}" for d, a, w in steps],
+    return markdown_table(['variant'] + [_setting(k) for k in steps],
                           [[n] + [t[n] / t['standard'] if n in t and 'standard' in t else None for t in steps.values()] for n in names])
 
 def targets_table(record:dict) -> str:
@@ -615,6 +615,8 @@ def _graph_note(check:dict|None) -> str:
     if not check: return ''
     return f"; CUDA graph vs eager parameter updates relative difference {check['rel_error']:.1e}" if 'rel_error' in check else f"; CUDA graph check failed: {check['error']}"
 
+def _setting(key): return ' · '.join([key[0], key[1], f"width {key[2]:g}"])   # a (device, arch, width) as a column heading
+
 def format_tables(record:dict) -> str:
     "The record as Markdown tables: step times and ratios, memory, attacks, epochs, targets."
     names = {d['device']: d['device_name'] for d in record['devices']}
@@ -623,12 +625,12 @@ def format_tables(record:dict) -> str:
     took = f", {record['seconds'] / 60:.0f} minutes" if 'seconds' in record else ''
     out = [f"Benchmark {record['created']} on {', '.join(f'{d} ({n})' for d, n in names.items())}, {record['threads']} CPU threads{took}; "
            f"`{record['command']}`; data: {' '.join(str(record['data']).split()[:2])}.",   # not the folder: that is the build machine's
-           "\nMedian ms per training step, batch 128:\n", markdown_table(['device', 'arch', 'width'] + cols,
-           [[d, a, f"{w:g}"] + [_ms(t[c]) if c in t else '' for c in cols] for (d, a, w), t in steps.items()])]
+           "\nMedian ms per training step, batch 128:\n", markdown_table(['variant'] + [_setting(k) for k in steps],
+           [[c] + [_ms(t[c]) if c in t else '' for t in steps.values()] for c in cols])]
     mem = {}
     for r in record['memory']: mem.setdefault((r['device'], r['arch'], r['width']), {})[r['variant']] = r['peak_bytes']
-    if mem: out += ["\nPeak memory of a step, MiB:\n", markdown_table(['device', 'arch', 'width'] + MEMORY_NAMES,
-                    [[d, a, f"{w:g}"] + [f"{m[c] / 2**20:.0f}" if c in m else '' for c in MEMORY_NAMES] for (d, a, w), m in mem.items()])]
+    if mem: out += ["\nPeak memory of a step, MiB:\n", markdown_table(['variant'] + [_setting(k) for k in mem],
+                    [[c] + [f"{m[c] / 2**20:.0f}" if c in m else '' for m in mem.values()] for c in MEMORY_NAMES])]
     if record['attacks']: out += ["\nAttack throughput, images per second:\n", markdown_table(['device', 'setting', 'width', 'images', 'attack', 'images/s'],
                                   [[r['device'], r['setting'], f"{r['width']:g}", r['images'], r['attack'].upper(), f"{r['images_per_s']:.2f}"] for r in record['attacks']])]
     pipelines = [k for k in ('naive', 'ours', 'ours_fast', 'ours_graph') if any(k in r['median_s'] for r in record['epochs'])]
