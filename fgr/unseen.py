@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from .data import atomic_write
 from .evaluate import evaluate
-from .experiments import (BEYOND, COLUMNS, MATCH_TOLERANCE, NAMES, Profile, _verdict, compare_curves, row_id, run_row,
+from .experiments import (BEYOND, MATCH_TOLERANCE, NAMES, Profile, _verdict, compare_curves, row_id, run_row,
                              runs_dir, unseen_evaluations)
 
 # %% ../nbs/10a_unseen.ipynb #us000006
@@ -22,7 +22,7 @@ def adef_accuracy(magnitudes_px:list, budget_px:float) -> float:
     return sum(m is None or m > budget_px for m in magnitudes_px) / len(magnitudes_px)
 
 # %% ../nbs/10a_unseen.ipynb #us000010
-FAMILIES = dict(rotation_translation=('rotation and translation', 'largest rotation, ° (shift: a tenth, px)'),
+FAMILIES = dict(rotation_translation=('rotation and translation', 'largest rotation, ° (with the profile\'s shift, px)'),
                 elastic=('elastic', 'largest displacement, px'), adef=('ADef', 'budget on the largest displacement, px'))   # name, magnitude
 UNSEEN_FORMAT = 'fgr-unseen-1'
 
@@ -59,7 +59,6 @@ def unseen_row(profile:Profile, row:tuple, device:str='cpu') -> dict:
             out['adef_median_px'] = median_displacement(e['magnitudes_px'])
             out['adef_magnitudes_px'] = e['magnitudes_px']
         else: out[unseen_key(family, magnitude)] = e['accuracy']
-        out.setdefault('seconds', {})[unseen_key(family, magnitude)] = e['seconds']
     return out
 
 def unseen_table(profile:Profile, device:str='cpu') -> list[dict]:

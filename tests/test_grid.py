@@ -8,12 +8,17 @@ import pytest
 import torch
 
 from conftest import cifar_or_skip
-from fgr.experiments import find_row, get_profile, row_config
+from fgr.experiments import FAST_ATTACKS, find_row, get_profile, page_evaluations, row_config
 from fgr.train import run_dir
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS = ['cifar10-vgg11-standard', 'cifar10-vgg11-fgr-700', 'cifar10-vgg11-igr-5000']
 CORES = len(os.sched_getaffinity(0))
+PAGE_EVALUATIONS = {json.dumps(e, sort_keys=True) for e in page_evaluations(get_profile('tiny'))}   # each is one record
+# What the profiles written here evaluate: little of everything, so that a task's evaluations take seconds.
+SMALL = dict(width=1 / 16, test_limit=64, eval_images=16, figure2_epsilons=[], figure2_cs=[], unseen_images=8,
+             rotation_levels=[[30., 3.]], elastic_px=[1.], adef_budgets_px=[1.],
+             attack_settings={**FAST_ATTACKS, 'ob': dict(iterations=2), 'gf': dict(iterations=2, population=2)})
 
 
 @pytest.fixture(autouse=True)
@@ -51,7 +56,7 @@ def test_two_local_workers_give_the_runs_of_one_after_another(tmp_path):
     for row in ROWS:
         assert f"{row}" in parallel.stdout and 'done' in parallel.stdout
         same_run(run_folder(tmp_path / 'parallel', 'tiny', row), run_folder(tmp_path / 'serial', 'tiny', row))
-        assert len(list((run_folder(tmp_path / 'parallel', 'tiny', row) / 'eval').glob('*.json'))) == 11   # Table 1 and Figure 2
+        assert len(list((run_folder(tmp_path / 'parallel', 'tiny', row) / 'eval').glob('*.json'))) == len(PAGE_EVALUATIONS)   # all the pages read
 
 
 def test_two_launches_at_once_train_every_row_exactly_once(tmp_path):
@@ -68,9 +73,7 @@ def test_two_launches_at_once_train_every_row_exactly_once(tmp_path):
 def test_a_diverging_row_fails_alone_naming_row_epoch_and_step(tmp_path):
     profile = tmp_path / 'diverge.json'
     profile.write_text(json.dumps(dict(name='diverge', rows=[['cifar10', 'vgg11', 'standard', None], ['cifar10', 'vgg11', 'fgr', 1e300]],
-                                       width=1 / 16, epochs=1, milestones=[], train_limit=512, test_limit=64, eval_images=16,
-                                       attack_settings=dict(ob=dict(iterations=2), gf=dict(iterations=2, population=2)),
-                                       figure2_epsilons=[], figure2_cs=[])))
+                                       epochs=1, milestones=[], train_limit=512, **SMALL)))
     out = grid(tmp_path / 'runs', '--profile', str(profile), '--workers', '1', '--threads', '1')
     assert out.returncode == 1
     line = next(l for l in out.stdout.splitlines() if l.startswith('cifar10-vgg11-fgr-1e+300'))
@@ -102,9 +105,7 @@ def test_an_unwritable_runs_directory_is_refused(tmp_path):
 def slow_profile(tmp_path: Path) -> Path:
     "A one-row profile whose training lasts long enough (several epochs) to be killed in the middle."
     path = tmp_path / 'slow.json'
-    path.write_text(json.dumps(dict(name='slow', rows=[['cifar10', 'vgg11', 'standard', None]], width=1 / 16, epochs=6, milestones=[4],
-                                    train_limit=4096, test_limit=64, eval_images=16, figure2_epsilons=[], figure2_cs=[],
-                                    attack_settings=dict(ob=dict(iterations=2), gf=dict(iterations=2, population=2)))))
+    path.write_text(json.dumps(dict(name='slow', rows=[['cifar10', 'vgg11', 'standard', None]], epochs=6, milestones=[4], train_limit=4096, **SMALL)))
     return path
 
 
