@@ -9,8 +9,9 @@ __all__ = ['FAMILIES', 'UNSEEN_FORMAT', 'adef_accuracy', 'unseen_key', 'magnitud
 # %% ../nbs/10a_unseen.ipynb #us000003
 import json
 from pathlib import Path
-from .data import atomic_write
+from .data import DATASETS, atomic_write
 from .evaluate import evaluate
+from .train import did_not_learn
 from .experiments import (BEYOND, MATCH_TOLERANCE, NAMES, Profile, _verdict, compare_curves, row_id, run_row,
                              runs_dir, unseen_evaluations)
 
@@ -51,7 +52,8 @@ def unseen_row(profile:Profile, row:tuple, device:str='cpu') -> dict:
     "One model's accuracies beyond the flow ball at `profile` (trained and evaluated if missing): Table 1's clean and MS, the strong attack, each family at each magnitude."
     res, (ds, arch, defense, lam) = run_row(profile, row, device), row
     out = dict(row=row_id(row), dataset=ds, arch=arch, defense=defense, lam=lam, eval_images=profile.eval_images,
-               unseen_images=profile.unseen_images, **{c: res[c]['accuracy'] for c in ('clean', 'ms') + BEYOND})
+               unseen_images=profile.unseen_images, **{c: res[c]['accuracy'] for c in ('clean', 'ms') + BEYOND},
+               compared=profile.compare_near_chance or not did_not_learn(res['record']['metrics']['test_accuracy'], DATASETS[ds]))
     for family, magnitude, settings, images in unseen_evaluations(profile):
         e = evaluate(res['record'], family, images=images, settings=settings, device=device)
         if family == 'adef':
@@ -70,13 +72,13 @@ def unseen_table(profile:Profile, device:str='cpu') -> list[dict]:
 # %% ../nbs/10a_unseen.ipynb #us000013
 def unseen_claims(rows:list[dict], images:int|None=None, tolerance:float=MATCH_TOLERANCE) -> list[dict]:
     """'FGR resists deformations it was not trained on better than ADT', per dataset and architecture and per family of
-    `rows` (from `unseen_table`), at equal clean accuracy: setting, family, verdict, evidence."""
-    out = []
+    `rows` (from `unseen_table`; models that did not learn are left out), at equal clean accuracy: setting, family, verdict, evidence."""
+    out, rows = [], [r for r in rows if r.get('compared', True)]
     for ds, arch in dict.fromkeys((r['dataset'], r['arch']) for r in rows):
         of = lambda d: [r for r in rows if (r['dataset'], r['arch'], r['defense']) == (ds, arch, d)]
         fgr, adt = of('fgr'), of('adt')
         if not (fgr and adt): continue
-        for family, (name, unit) in FAMILIES.items():
+        for family, (name, _) in FAMILIES.items():
             keys = [k for k in adt[0] if k.startswith(family + '@')]
             if not keys: continue
             points = [(k, compare_curves(fgr, adt, k, images, points=1, tolerance=tolerance)) for k in keys]
