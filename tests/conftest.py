@@ -18,6 +18,15 @@ def cifar_or_skip(name='cifar10', split='train', n=None, seed=0):
     return random_subset(*load_cifar(name, split), n, seed)
 
 
+def tiny_record_or_skip(path):
+    "`path`, a record the tiny book build writes to the runs directory; skip if it is missing (fail under CI=true)."
+    if not path.exists():
+        msg = f"no {path.name} in the runs directory: build the tiny book first (make book-build PROFILE=tiny; make test does)"
+        if ON_CI: pytest.fail(msg)
+        pytest.skip(msg)
+    return path
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -2,7 +2,7 @@
 import json
 import pytest
 
-from conftest import ON_CI
+from conftest import tiny_record_or_skip
 from fgr.experiments import (BEYOND, COLUMNS, PENALISED, TABLE1_FORMAT, get_profile, read_table1, row_id, select_lambda, table1_path)
 
 FIELDS = {'dataset', 'arch', 'defense', 'lam', 'selected', 'compared', 'eval_images', 'did_not_learn', *COLUMNS, *BEYOND}
@@ -11,11 +11,7 @@ FIELDS = {'dataset', 'arch', 'defense', 'lam', 'selected', 'compared', 'eval_ima
 @pytest.fixture(scope='module')
 def tiny():
     profile = get_profile('tiny')
-    path = table1_path(profile)
-    if not path.exists():
-        msg = f"no {path.name} in the runs directory: build the tiny book first (make book-build PROFILE=tiny; make test does)"
-        if ON_CI: pytest.fail(msg)
-        pytest.skip(msg)
+    path = tiny_record_or_skip(table1_path(profile))
     return profile, read_table1(path)
 
 

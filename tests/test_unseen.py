@@ -2,7 +2,7 @@
 import json
 import pytest
 
-from conftest import ON_CI
+from conftest import tiny_record_or_skip
 from fgr.evaluate import evaluate
 from fgr.experiments import BEYOND, get_profile, row_config, row_id, unseen_evaluations
 from fgr.train import train
@@ -12,11 +12,7 @@ from fgr.unseen import FAMILIES, UNSEEN_FORMAT, adef_accuracy, unseen_key, unsee
 @pytest.fixture(scope='module')
 def tiny():
     profile = get_profile('tiny')
-    path = unseen_path(profile)
-    if not path.exists():
-        msg = f"no {path.name} in the runs directory: build the tiny book first (make book-build PROFILE=tiny; make test does)"
-        if ON_CI: pytest.fail(msg)
-        pytest.skip(msg)
+    path = tiny_record_or_skip(unseen_path(profile))
     data = json.loads(path.read_text())
     assert data['format'] == UNSEEN_FORMAT and data['profile'] == 'tiny'
     return profile, data['rows']
