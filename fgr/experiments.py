@@ -74,8 +74,8 @@ PROFILES = {
                     note='CI smoke test: 512 training images per model, width 1/16, one epoch, three λ for IGR and FGR; its models are near chance and are compared anyway, so its numbers show only that the pipeline runs'),
     'mini': Profile('mini', defence_rows('cifar10', 'vgg11', MINI_LAMBDAS), width=1/8, epochs=6, lr=0.01,
                     milestones=(4, 5), train_limit=None, lam_warmup_epochs=2, test_limit=1000, eval_images=1000,
-                    attack_settings=dict(ob=dict(iterations=50), gf=dict(iterations=20, population=10), strong=dict(iterations=50, restarts=1),
-                                         rotation_translation=dict(rotations=11, translations=3), adef=dict(iterations=20, candidates=3), elastic=dict(draws=5)),
+                    attack_settings=dict(ob=dict(iterations=50), gf=dict(iterations=20, population=10), strong=dict(iterations=25, restarts=1),
+                                         rotation_translation=dict(rotations=7, translations=3), adef=dict(iterations=10, candidates=3), elastic=dict(draws=5)),
                     figure2_epsilons=(0.005, 0.01, 0.02), figure2_cs=(1.0, 10.0, 100.0), figure2_images=200,
                     figure3_images=8, figure3_steps=11, unseen_images=500,
                     note='CPU-sized: CIFAR-10 with VGG-11 at width 1/8, all 25,000 offline training images, 6 epochs, learning rate 0.01, '
