@@ -4,11 +4,12 @@
 
 # %% auto #0
 __all__ = ['PENALTY_LAMBDAS', 'VARIANTS', 'NOT_HASHED', 'DEFENSES', 'SUBSET_SEED', 'NEAR_CHANCE', 'CHECKPOINT_FORMAT',
-           'TrainConfig', 'Objective', 'standard', 'attack_seed', 'adversarial_training', 'adversarial_deformation',
-           'adt', 'igr', 'random_flow', 'fgr', 'fgr_adt', 'train_step', 'make_optimizer', 'load_split', 'fingerprint',
-           'batches', 'evaluate_accuracy', 'mean_flow_gradient_norm', 'did_not_learn', 'RunError', 'config_hash',
-           'run_dir', 'save_checkpoint', 'load_checkpoint', 'rng_states', 'set_rng_states', 'provenance',
-           'lam_schedule', 'DivergenceError', 'train', 'build_parser', 'parse_config', 'main', 'time_train_step']
+           'GRAPHABLE', 'TrainConfig', 'Objective', 'standard', 'attack_seed', 'adversarial_training',
+           'adversarial_deformation', 'adt', 'igr', 'random_flow', 'fgr', 'fgr_adt', 'train_step', 'make_optimizer',
+           'load_split', 'fingerprint', 'batches', 'evaluate_accuracy', 'mean_flow_gradient_norm', 'did_not_learn',
+           'RunError', 'config_hash', 'run_dir', 'save_checkpoint', 'load_checkpoint', 'rng_states', 'set_rng_states',
+           'provenance', 'lam_schedule', 'DivergenceError', 'make_stepper', 'train_epoch', 'train', 'build_parser',
+           'parse_config', 'main', 'time_train_step']
 
 # %% ../nbs/08_train.ipynb #23e5ac2d
 import argparse, builtins, dataclasses, functools, hashlib, json, math, os, platform, signal, subprocess, sys, time, typing
@@ -26,13 +27,14 @@ from .penalties import CONVENTIONS, penalized_loss
 from .attacks import multi_step, pgd_linf
 from .models import ARCHITECTURES, make_model
 from .data import DATASETS, PIPELINES, check_pipeline, load_cifar, to_float, atomic_write
+from .step import Stepper, optimizer_step, prefetched
 
 # %% ../nbs/08_train.ipynb #1bff0227
 PENALTY_LAMBDAS = {'standard': None, 'at': None, 'igr': (3000., 5000., 7000.), 'adt': None,
                    'fgr': (400., 700., 1000.), 'fgr_adt': (400., 700., 1000.)}   # §5.3: which defences have a penalty, and its λ
 VARIANTS = {'paper': dict(epochs=60, lr=0.1, milestones=(30, 50), random_flow_std=0.0, pipeline='paper'),
             'authors_code': dict(epochs=80, lr=0.01, milestones=(40, 60), random_flow_std=0.01, pipeline='authors_code')}
-NOT_HASHED = ('device', 'data_root', 'runs_dir', 'force', 'progress')   # where and how a run goes, not what it computes
+NOT_HASHED = ('device', 'cuda_graphs', 'data_root', 'runs_dir', 'force', 'progress')   # where and how a run goes, not what it computes
 
 def _opt(default, help:str): return field(default=default, metadata={'help': help})
 
@@ -67,6 +69,7 @@ class TrainConfig:
     train_limit: int|None = _opt(None, "train on this many images (a fixed random subset; unset: all)")
     test_limit: int|None = _opt(None, "test on this many images (a fixed random subset; unset: all)")
     device: str = _opt('auto', "auto | cpu | cuda | cuda:N")
+    cuda_graphs: bool = _opt(False, "replay each step as a CUDA graph (CUDA only; Standard, IGR and FGR without a random flow, the others step eagerly); off until a GPU check has confirmed it on this version")
     data_root: str|None = _opt(None, "folder holding CIFAR (unset: $FGR_DATA, ../shared/data, or a download)")
     runs_dir: str|None = _opt(None, "where runs are written (unset: $FGR_RUNS, else ./runs)")
     force: bool = _opt(False, "retrain even if a finished run exists (the old run is moved aside, not deleted)")
@@ -181,12 +184,7 @@ DEFENSES = {'standard': standard, 'at': adversarial_training, 'igr': igr, 'adt':
 # %% ../nbs/08_train.ipynb #cde4e83a
 def train_step(model:nn.Module, optimizer:torch.optim.Optimizer, x:torch.Tensor, y:torch.Tensor, cfg:TrainConfig) -> Objective:
     "One optimiser step on `cfg.defense`'s objective for the batch (`x` in [0, 1], `y`); returns it detached."
-    model.train()
-    out = DEFENSES[cfg.defense](model, x, y, cfg)
-    optimizer.zero_grad(set_to_none=True)
-    out.loss.backward()
-    optimizer.step()
-    return Objective(*(t.detach() for t in out))
+    return optimizer_step(model, optimizer, DEFENSES[cfg.defense], x, y, cfg)
 
 # %% ../nbs/08_train.ipynb #5119134f
 def make_optimizer(model:nn.Module, cfg:TrainConfig):
@@ -341,22 +339,34 @@ def _move_aside(folder:Path) -> Path:
 class DivergenceError(RuntimeError):
     "Training produced a non-finite loss."
 
-def _epoch(model, optimizer, x, y, cfg, generator, desc, epoch:int=1) -> dict:
-    """One epoch (counted from 1) of `train_step`s over shuffled, augmented batches; the mean loss, penalty and training accuracy.
-    The sums stay on the model's device and are read once, at the end (a read per step would make a GPU wait for each step)."""
+GRAPHABLE = ('standard', 'igr', 'fgr')   # defences whose step draws no random numbers on the host (AT, ADT, FGR+ADT draw an attack seed)
+
+def make_stepper(model:nn.Module, optimizer:torch.optim.Optimizer, cfg:TrainConfig) -> Stepper:
+    "The step `cfg` trains with: eager, or with `cuda_graphs` replayed as a CUDA graph where the defence allows it."
+    graphs = cfg.cuda_graphs and cfg.defense in GRAPHABLE and cfg.random_flow_std == 0
+    if cfg.cuda_graphs and not graphs:
+        print(f"note: {cfg.defense} draws random numbers on the host in each step (an attack seed or a random flow): its steps run eagerly", flush=True)
+    return Stepper(model, optimizer, DEFENSES[cfg.defense], graphs)
+
+def train_epoch(model:nn.Module, optimizer:torch.optim.Optimizer, x:torch.Tensor, y:torch.Tensor, cfg:TrainConfig, generator:torch.Generator,
+                epoch:int=1, step:Stepper|None=None, desc:str|None=None) -> dict:
+    """One epoch (counted from 1) of `step`s (default: `make_stepper`) over shuffled, augmented batches of the images `x`
+    (floats on the model's device); the mean loss, penalty and training accuracy. The sums stay on the device and are
+    read once, at the end (a read per step would make a GPU wait for each step)."""
     steps, device = math.ceil(len(x) / cfg.batch_size), next(model.parameters()).device
+    step = step or make_stepper(model, optimizer, cfg)
     total = torch.zeros(3, dtype=torch.float64, device=device)                     # loss and penalty (times images), correct
     bad_step, bad_loss = torch.tensor(-1, device=device), torch.tensor(0., device=device)   # the first non-finite loss, if any
-    bar = tqdm(batches(len(x), cfg.batch_size, generator), desc=desc, leave=False, disable=not cfg.progress, file=sys.stderr)
-    for i, idx in enumerate(bar):
-        xb, yb = PIPELINES[cfg.pipeline][0](x[idx.to(x.device)], generator=generator), y[idx.to(y.device)]
+    cut = lambda idx: (PIPELINES[cfg.pipeline][0](x[idx], generator=generator), y[idx])
+    bar = tqdm(prefetched(cut, batches(len(x), cfg.batch_size, generator), device), total=steps, desc=desc or f"epoch {epoch}",
+               leave=False, disable=not cfg.progress, file=sys.stderr)
+    for i, (xb, yb) in enumerate(bar):
         step_cfg = cfg if cfg.lam_warmup_epochs == 0 else dataclasses.replace(cfg, lam=lam_schedule(cfg, (epoch - 1) * steps + i, steps))
-        out = train_step(model, optimizer, xb, yb, step_cfg)
-        loss = out.loss.detach()
-        total += torch.stack([loss.double() * len(idx), out.penalty.detach().double() * len(idx), (out.logits.argmax(1) == yb).sum().double()])
-        first = (bad_step < 0) & ~torch.isfinite(loss)
-        bad_step, bad_loss = torch.where(first, i, bad_step), torch.where(first, loss, bad_loss)
-        if cfg.progress and i % 20 == 0: bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        out = step(xb, yb, step_cfg)
+        total += torch.stack([out.loss.double() * len(xb), out.penalty.double() * len(xb), (out.logits.argmax(1) == yb).sum().double()])
+        first = (bad_step < 0) & ~torch.isfinite(out.loss)
+        bad_step, bad_loss = torch.where(first, i, bad_step), torch.where(first, out.loss, bad_loss)
+        if cfg.progress and i % 20 == 0: bar.set_postfix(loss=f"{out.loss.item():.3f}", refresh=False)
     if bad_step.item() >= 0:
         raise DivergenceError(f"non-finite loss ({bad_loss.item()}) in epoch {epoch}, step {bad_step.item() + 1} of {steps}; "
                               f"the checkpoint after epoch {epoch - 1} is kept")
@@ -368,6 +378,8 @@ def train(cfg:TrainConfig) -> dict:
     "Train (or resume, or reuse) the run `cfg` describes; returns its record (also written to <run dir>/record.json)."
     cfg = cfg.resolved()
     h, folder, device = config_hash(cfg), run_dir(cfg), _resolve_device(cfg.device)
+    if cfg.cuda_graphs and device.type != 'cuda': raise ValueError(f"cuda_graphs needs a CUDA device; this run's device is {device}")
+    if device.type == 'cuda': torch.backends.cudnn.benchmark = True   # cuDNN picks the fastest kernels for the batch shape once
     (xtr, ytr), (xte, yte) = load_split(cfg, 'train'), load_split(cfg, 'test')
     data = dict(fingerprint=fingerprint(xtr, ytr, xte, yte), train_images=len(xtr), test_images=len(xte))
     record_path, ckpt_path = folder / 'record.json', folder / 'checkpoint.pt'
@@ -405,9 +417,10 @@ def _restore(ck:dict, model, optimizer, scheduler, generator, path:Path) -> dict
 # %% ../nbs/08_train.ipynb #5907cc72
 def _fit(model, optimizer, scheduler, generator, state, xtr, ytr, xte, yte, cfg, h, data, ckpt_path):
     "The epochs from `state['epoch']` to `cfg.epochs`, each logged and checkpointed."
+    step = make_stepper(model, optimizer, cfg)
     for epoch in range(state['epoch'] + 1, cfg.epochs + 1):
         start = time.perf_counter()
-        stats = _epoch(model, optimizer, xtr, ytr, cfg, generator, f"epoch {epoch}/{cfg.epochs}", epoch)
+        stats = train_epoch(model, optimizer, xtr, ytr, cfg, generator, epoch, step, f"epoch {epoch}/{cfg.epochs}")
         scheduler.step()
         stats.update(epoch=epoch, test_accuracy=evaluate_accuracy(model, xte, yte), seconds=time.perf_counter() - start)
         print(f"epoch {epoch:>3}/{cfg.epochs}  loss {stats['loss']:.4f}  penalty {stats['penalty']:.3e}  "

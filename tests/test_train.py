@@ -79,7 +79,7 @@ def test_cli_and_api_share_one_configuration():
 
 def test_hash_ignores_where_and_how_but_not_what():
     assert config_hash(TrainConfig(defense='fgr')) == config_hash(TrainConfig(defense='fgr', lam=700.0, epochs=60, device='cpu',
-                                                                               runs_dir='x', force=True, progress=False))
+                                                                               runs_dir='x', force=True, progress=False, cuda_graphs=True))
     assert len({config_hash(TrainConfig(**kw)) for kw in [{}, dict(seed=1), dict(width=0.5), dict(defense='at'),
                                                            dict(variant='authors_code'), dict(train_limit=10)]}) == 6
 
@@ -105,6 +105,12 @@ def test_a_data_root_without_cifar_is_an_error_and_writes_nothing(env, tmp_path,
     (tmp_path / 'empty').mkdir()
     assert main(['--data_root', str(tmp_path / 'empty'), '--runs_dir', str(tmp_path / 'runs')]) == 1
     assert 'does not hold cifar10' in capsys.readouterr().err
+    assert not (tmp_path / 'runs').exists()
+
+
+def test_cuda_graphs_without_a_gpu_is_an_error_and_writes_nothing(tmp_path, capsys):
+    assert main(['--cuda-graphs', '--device', 'cpu', '--runs_dir', str(tmp_path / 'runs')]) == 1
+    assert 'cuda_graphs needs a CUDA device' in capsys.readouterr().err
     assert not (tmp_path / 'runs').exists()
 
 
@@ -184,9 +190,9 @@ def test_seeded_runs_are_deterministic(env, tmp_path):
 
 
 def test_lambda_warms_up_over_the_first_epochs(env, tmp_path, monkeypatch):
-    import fgr.train
-    seen, real = [], fgr.train.train_step
-    monkeypatch.setattr(fgr.train, 'train_step', lambda m, o, x, y, cfg: (seen.append(cfg.lam), real(m, o, x, y, cfg))[1])
+    import fgr.step
+    seen, real = [], fgr.step.optimizer_step
+    monkeypatch.setattr(fgr.step, 'optimizer_step', lambda m, o, f, x, y, cfg: (seen.append(cfg.lam), real(m, o, f, x, y, cfg))[1])
     record = train(tiny(env, tmp_path, defense='fgr', epochs=2, lam_warmup_epochs=1))
     steps = len(seen) // 2                               # 320 images in batches of 64: 5 steps per epoch
     assert steps == 5 and seen == pytest.approx([700 * t / steps for t in range(steps)] + [700.0] * steps)
