@@ -387,7 +387,7 @@ def bench_settings(device, quick:bool=False) -> dict:
     return dict(widths=[1.0, mini], reps=10 if cuda else 3, warmup=3 if cuda else 1, attack_images=512 if cuda else 8,
                 attack_widths=dict(mini=mini, paper=get_profile('paper').width), epoch_images=10000 if cuda else 2560,
                 epoch_width=1.0 if cuda else mini, epoch_reps=3 if cuda else 2, batch_size=128,
-                train=dict(epochs=6, milestones=(3, 5), width=1/4))   # the training chapter's real-data check
+                train=dict(epochs=6, milestones=(3, 5), width=1/4))   # the recipes at width 1/4 (page 'Why the penalised models collapse')
 
 # %% ../nbs/11_bench.ipynb #37346921
 BENCH_FORMAT = 'fgr-bench-2'   # 2: the library's igr/fgr take one forward pass; the old route is *_two_pass
