@@ -83,7 +83,7 @@ bench: $(STAMP)
 	$(BIN)/python -m fgr.bench --quick
 
 bench-full: $(STAMP)
-	$(BIN)/python -m fgr.bench --compile
+	$(BIN)/python -m fgr.bench
 
 gpu-data: $(STAMP)
 	$(BIN)/python benchmarks/pack_gpu_data.py

@@ -7,16 +7,19 @@ differentiable in reverse through the batch statistics (the parameter gradient c
 exact one), so the dual pass swaps in a batch norm written with elementary operations; with it the gradient is exact
 (relative difference ~1e-14 in float64, checked below).
 
-Measured on the 2-core CPU, one thread, batch 128, at the mini width (1/8), interleaved as `fgr.bench.time_variants`,
-at commit bc595c0: VGG-11 1.66× and ResNet-18 1.55× the library's FGR step, with 1.51× and 2.08× its peak memory. It runs two passes of its
-own and carries a tangent through every layer, more convolutions in all than the double backward pass, so the library
-keeps the double backward pass. Run: `.venv/bin/python benchmarks/forward_over_reverse.py` (about 2 minutes).
+It runs two passes of its own and carries a tangent through every layer, more convolutions in all than the double
+backward pass. Measured on the 2-core CPU, one thread, batch 128, at the mini width (1/8), interleaved as
+`fgr.bench.time_variants`; the figures are in `forward_over_reverse.json` beside this script, an `alternative` record
+(fgr.records), with the verdict drawn from them. Run: `.venv/bin/python benchmarks/forward_over_reverse.py` (about 2
+minutes).
 """
 import contextlib, statistics
+from pathlib import Path
 import torch
 import torch.nn.functional as F
 import torch.autograd.forward_ad as fwAD
-from fgr.bench import setup_variant, VARIANTS, Variant, time_variants, penalty_gradient, peak_memory
+from fgr.bench import setup_variant, VARIANTS, Variant, time_variants, peak_memory, write_alternative
+from fgr.naive import penalty_gradient
 from fgr.train import DEFENSES, Objective
 from fgr.penalties import loss_and_input_gradient, _mean_squared_norm
 from fgr.gradients import forward_differences
@@ -52,22 +55,33 @@ def fgr_forward_over_reverse(model, x, y, cfg) -> Objective:
     surrogate = 2 / len(x) * directional                                                              # its ∇_θ is ∇_θ P
     return Objective(loss + cfg.lam * (_mean_squared_norm(g) + surrogate - surrogate.detach()), _mean_squared_norm(g), logits)
 
-if __name__ == '__main__':
-    torch.set_num_threads(1)
+def measure() -> tuple[dict, str]:
+    "Exactness in float64 (width 1/16, random images) and step time and peak memory against FGR at width 1/8, both architectures."
     variants = dict(VARIANTS, fgr_forward_over_reverse=Variant('fgr', fgr_forward_over_reverse))
+    results = dict(rel_error_float64={}, archs={}, width=1/8, batch_size=128, threads=torch.get_num_threads())
     for arch in ('vgg11', 'resnet18'):
         model, _, cfg = setup_variant(VARIANTS['fgr'], arch, 1/16, 'cpu')
         model = model.double()
         torch.manual_seed(1)
         x, y = torch.rand(8, 3, 32, 32, dtype=torch.float64), torch.randint(0, 10, (8,))
         a, b = penalty_gradient(DEFENSES['fgr'], model, x, y, cfg), penalty_gradient(fgr_forward_over_reverse, model, x, y, cfg)
-        print(f"{arch}: relative difference to the exact penalty gradient (float64) {((a - b).norm() / a.norm()).item():.1e}")
+        results['rel_error_float64'][arch] = ((a - b).norm() / a.norm()).item()
     torch.manual_seed(0)
     x, y = torch.rand(128, 3, 32, 32), torch.randint(0, 10, (128,))
     for arch in ('vgg11', 'resnet18'):
         names = ['igr', 'fgr', 'fgr_forward_over_reverse', 'fgr_naive']
         med = {k: statistics.median(v) for k, v in time_variants(names, arch, 1/8, x, y, reps=5, variants=variants).items()}
         mem = {n: peak_memory(n, arch, 1/8, x, y, variants) for n in ('fgr', 'fgr_forward_over_reverse')}
-        print(f"{arch} width 1/8: median s per step " + ', '.join(f"{k} {v:.3f}" for k, v in med.items())
-              + f"; forward-over-reverse / FGR {med['fgr_forward_over_reverse'] / med['fgr']:.2f}×, peak memory "
-              f"{mem['fgr_forward_over_reverse'] / mem['fgr']:.2f}×")
+        results['archs'][arch] = dict(median_s=med, peak_bytes=mem, step_ratio=med['fgr_forward_over_reverse'] / med['fgr'],
+                                      memory_ratio=mem['fgr_forward_over_reverse'] / mem['fgr'])
+    steps, memory = ([r[k] for r in results['archs'].values()] for k in ('step_ratio', 'memory_ratio'))
+    verdict = (f"{'dropped' if min(steps) >= 1 else 'not always slower'}: exact (relative difference ≤ {max(results['rel_error_float64'].values()):.0e} "
+               f"in float64), but its step takes {min(steps):.2f}–{max(steps):.2f}× the library's FGR step and {min(memory):.2f}–{max(memory):.2f}× "
+               "its peak memory (VGG-11 and ResNet-18 at width 1/8)")
+    return results, verdict
+
+if __name__ == '__main__':
+    torch.set_num_threads(1)
+    results, verdict = measure()
+    write_alternative(Path(__file__).with_suffix('.json'), Path(__file__).name, results, verdict)
+    print(verdict)

@@ -112,7 +112,7 @@ def rotation_translation(model:nn.Module, x:torch.Tensor, y:torch.Tensor, max_ro
         best, worst_loss, fooled = params[0].repeat(len(x), 1), x.new_full((len(x),), -float('inf')), x.new_zeros(len(x), dtype=torch.bool)
         for p in params:
             flow = rigid_flow(x, p[:1].expand(len(x)), p[1:].expand(len(x), 2))
-            logits = model_logits(model, warp(x, flow, padding_mode='zeros'))
+            logits = model_logits(model, warp(x, flow, padding_mode='zeros', check=False))
             loss, now = F.cross_entropy(logits, y, reduction='none'), logits.argmax(1) != y
             take = (~fooled & now) | (~fooled & ~now & (loss > worst_loss))
             best[take], worst_loss[take], fooled = p, loss[take], fooled | now
@@ -149,7 +149,7 @@ def elastic(model:nn.Module, x:torch.Tensor, y:torch.Tensor, max_displacement_px
         correct, worst, fooled = x.new_zeros(len(x)), x.new_zeros(len(x), H, W, 2), x.new_zeros(len(x), dtype=torch.bool)
         for _ in range(draws):
             flow = elastic_flow(x, max_displacement_px, sigma_px, g)
-            now = model_logits(model, warp(x, flow)).argmax(1) != y
+            now = model_logits(model, warp(x, flow, check=False)).argmax(1) != y
             worst[now & ~fooled], fooled, correct = flow[now & ~fooled], fooled | now, correct + (~now).float()
         result = attack_result(model, warp(x, worst), y, worst, draws)
     result.correct_fraction = correct / draws
@@ -159,12 +159,12 @@ def elastic(model:nn.Module, x:torch.Tensor, y:torch.Tensor, max_displacement_px
 def _adef_step(model, x, y, tau, sigma_px, candidates):
     "One ADef step for every image: the smoothed step toward the nearest of the `candidates` most likely wrong classes."
     B, _, H, W = x.shape
-    logits = model_logits(model, warp(x, tau))
+    logits = model_logits(model, warp(x, tau, check=False))
     wrong = logits.scatter(1, y.long()[:, None], float('-inf')).topk(min(candidates, logits.shape[1] - 1), 1).indices
     best, best_size = torch.zeros_like(tau), x.new_full((B,), float('inf'))
     for j in range(wrong.shape[1]):
         k = wrong[:, j]
-        objective = lambda t: ((lambda z: z.gather(1, k[:, None])[:, 0] - z.gather(1, y.long()[:, None])[:, 0])(model_logits(model, warp(x, t))),)
+        objective = lambda t: ((lambda z: z.gather(1, k[:, None])[:, 0] - z.gather(1, y.long()[:, None])[:, 0])(model_logits(model, warp(x, t, check=False))),)
         f, g = value_and_grad(objective, tau)
         g_px = pixels_to_flow(g, H, W)                                     # ∂F/∂τ per pixel of displacement (a gradient scales inversely)
         smooth = gaussian_smooth(g_px, sigma_px)

@@ -7,14 +7,16 @@ __all__ = ['TABLE1', 'ATTACKS', 'TABLE1_SETTINGS', 'robust_accuracy', 'load_mode
            'main']
 
 # %% ../nbs/09_evaluate.ipynb #51197e85
-import argparse, builtins, hashlib, json, math, os, sys, time
+import argparse, builtins, hashlib, json, math, sys, time
 from pathlib import Path
 import torch
 import torch.nn as nn
 from . import attacks
-from .data import DATASETS, PIPELINES, atomic_write, load_cifar, random_subset, to_float
+from .compare import sanity_checks
+from .data import DATASETS, PIPELINES, load_cifar, random_subset, to_float
 from .gradients import check_labels, model_logits
 from .models import make_model
+from .records import provenance, read_record, write_record
 from .warp import check_images
 
 # %% ../nbs/09_evaluate.ipynb #789958c1
@@ -71,26 +73,22 @@ def evaluate(record:dict, attack:str, images:int=1000, seed:int=0, settings:dict
     settings = dict(TABLE1_SETTINGS.get(attack, {}) if settings is None else settings)   # beyond Table 1: the attack's defaults
     key = evaluation_key(record, attack, settings, images, seed)
     path = Path(record['run_dir']) / 'eval' / f"{attack}-{key[:16]}.json"
-    if path.exists() and not force: return json.loads(path.read_text())
+    if path.exists() and not force: return read_record(path, 'evaluation')
     cfg = record['config']
     x, y = random_subset(*load_cifar(cfg['dataset'], 'test', cfg.get('data_root')), images, seed)
     x = PIPELINES[cfg.get('pipeline') or 'paper'][1](to_float(x).to(device))     # the test transform the model was trained for
     result = robust_accuracy(load_model(record, device), x, y.to(device), attack, batch_size, **settings)
     out = dict(run=record['config_hash'], run_dir=record['run_dir'], config=cfg, attack=attack, settings=settings, seed=seed,
                key=key, device=str(device), finished=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
-               **result)
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(out, indent=1)))
-    return out
+               provenance=provenance(device), **result)
+    return write_record(path, 'evaluation', out)
 
 # %% ../nbs/09_evaluate.ipynb #ev00c002
 def read_run(run_dir) -> dict:
     "The training record of the finished run in `run_dir`, or a `ValueError` saying why there is none."
     path = Path(run_dir) / 'record.json'
     if not path.exists(): raise ValueError(f"{run_dir} holds no finished run (no record.json): train it with python -m fgr.train first")
-    try: record = json.loads(path.read_text())
-    except ValueError as e: raise ValueError(f"cannot read {path}: {e}") from e
-    if not {'config', 'config_hash', 'checkpoint'} <= set(record): raise ValueError(f"{path} is not a training record of fgr.train")
-    return record
+    return read_record(path, 'run')
 
 def main(argv:list[str]|None=None) -> int:
     "`python -m fgr.evaluate RUN_DIR`: evaluate a trained run under Table 1's attacks and print the table."
@@ -113,7 +111,6 @@ def main(argv:list[str]|None=None) -> int:
         r = evaluate(record, a, images=args.images, device=args.device)
         acc[a] = r['accuracy']
         print(f"{a:<8} {r['accuracy']:>9.3f} {r['queries_per_image']:>14.1f} {r['seconds']:>8.1f}", flush=True)
-    from fgr.experiments import sanity_checks           # the experiments chapter's checks, on what was evaluated here
     failed = [c for c in sanity_checks(acc, args.images) if not c['passed']]
     print('sanity: ' + ('; '.join(f"FAILS {c['check']} ({c['evidence']})" for c in failed) if failed else
                         'passes (stronger attacks find more; no gradient masking, where GF and OB were both run)'))

@@ -4,23 +4,25 @@
 
 # %% auto #0
 __all__ = ['NAMES', 'PAPER_LAMBDAS', 'SWEEP_LAMBDAS', 'TINY_LAMBDAS', 'ALL_ROWS', 'PAPER_PROFILE_LR', 'MINI_LAMBDAS',
-           'FAST_ATTACKS', 'PROFILES', 'COLUMNS', 'BEYOND', 'TABLE1_FORMAT', 'ATTACK_COLUMNS', 'VERDICTS',
-           'MATCH_TOLERANCE', 'PENALISED', 'PAGE_PX', 'Profile', 'defence_rows', 'get_profile', 'attack_settings',
-           'runs_dir', 'row_id', 'row_config', 'run_row', 'unseen_evaluations', 'page_evaluations', 'evaluate_row',
-           'table1_path', 'table1', 'read_table1', 'paper_table1', 'paper_row', 'standard_error', 'curve_at',
-           'shared_range', 'compare_curves', 'claims', 'select_lambda', 'mark_selected', 'one_per_defence',
-           'shown_rows', 'sanity_checks', 'row_checks', 'loss_surface', 'training_throughput', 'find_row',
-           'markdown_table', 'describe', 'row_title', 'checked_claims', 'check_legible']
+           'FAST_ATTACKS', 'PROFILES', 'COLUMNS', 'BEYOND', 'ATTACK_COLUMNS', 'PENALISED', 'PAGE_PX', 'Profile',
+           'defence_rows', 'get_profile', 'attack_settings', 'runs_dir', 'row_id', 'row_config', 'run_row',
+           'unseen_evaluations', 'page_evaluations', 'evaluate_row', 'table1_path', 'table1', 'read_table1',
+           'paper_table1', 'paper_row', 'claims', 'select_lambda', 'mark_selected', 'one_per_defence', 'shown_rows',
+           'row_checks', 'loss_surface', 'training_throughput', 'find_row', 'markdown_table', 'describe', 'row_title',
+           'checked_claims', 'check_legible']
 
 # %% ../nbs/10_experiments.ipynb #85f33dbc
-import csv, dataclasses, json, os
+import csv, json, os
 from dataclasses import dataclass, field
 from pathlib import Path
 import torch
 import fgr
-from .evaluate import ATTACKS, TABLE1, TABLE1_SETTINGS, evaluate, load_model
-from .data import DATASETS, atomic_write
-from .train import PENALTY_LAMBDAS, TrainConfig, did_not_learn, train
+from .evaluate import ATTACKS, TABLE1, TABLE1_SETTINGS, evaluate
+from .data import DATASETS
+from .records import read_record, write_record
+from .compare import MATCH_TOLERANCE, _beats, compare_curves, sanity_checks
+from .config import PENALTY_LAMBDAS, TrainConfig
+from .train import did_not_learn, train
 
 # %% ../nbs/10_experiments.ipynb #e35c1dcd
 @dataclass(frozen=True)
@@ -156,8 +158,6 @@ def evaluate_row(profile:Profile, row:tuple, device:str='cpu') -> dict:
     return result
 
 # %% ../nbs/10_experiments.ipynb #c1a1b202
-TABLE1_FORMAT = 'fgr-table1-1'
-
 def table1_path(profile:Profile) -> Path:
     "Where `table1` writes the profile's rows: <runs dir>/table1-<profile>.json."
     return runs_dir() / f"table1-{profile.name}.json"
@@ -173,16 +173,11 @@ def table1(profile:Profile, device:str='cpu') -> list[dict]:
     rows = [dict(r, compared=profile.compare_near_chance or not r['did_not_learn']) for r in rows]
     chosen = {r['row']: r['selected'] for r in mark_selected([r for r in rows if r['compared']])[0]}
     rows = [dict(r, selected=chosen.get(r['row'], False if r['defense'] in PENALISED else None)) for r in rows]
-    atomic_write(table1_path(profile), lambda tmp: tmp.write_text(json.dumps(dict(format=TABLE1_FORMAT, profile=profile.name, rows=rows), indent=1)))
-    return rows
+    return write_record(table1_path(profile), 'table1', dict(profile=profile.name, rows=rows))['rows']
 
 def read_table1(path) -> list[dict]:
-    "The rows of a Table 1 record written by `table1`, or a `ValueError` saying what the file is not."
-    try: data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e: raise ValueError(f"cannot read the Table 1 record {path}: {e}") from e
-    if not isinstance(data, dict) or data.get('format') != TABLE1_FORMAT:
-        raise ValueError(f"{path} is not a Table 1 record of format {TABLE1_FORMAT!r} (found {data.get('format') if isinstance(data, dict) else type(data).__name__!r})")
-    return data['rows']
+    "The rows of a Table 1 record written by `table1`, or a `fgr.records.RecordError` (a `ValueError`) saying what the file is not."
+    return read_record(path, 'table1')['rows']
 
 # %% ../nbs/10_experiments.ipynb #724ca501
 def paper_table1(path=None) -> list[dict]:
@@ -201,64 +196,6 @@ def paper_row(row:tuple) -> dict|None:
 ATTACK_COLUMNS = ('ss', 'ms', 'ob', 'gf')
 
 def _mean_attack(r): return sum(r[c] for c in ATTACK_COLUMNS) / len(ATTACK_COLUMNS)
-
-def standard_error(accuracy:float, images:int|None) -> float:
-    "Binomial standard error of an accuracy measured on `images` test images (0 where the size is unknown)."
-    return 0.0 if not images else (accuracy * (1 - accuracy) / images) ** 0.5
-
-def _beats(a:float, b:float, images:int|None) -> bool|None:
-    "Whether accuracy `a` beats `b`: True, False, or None where the gap is within two standard errors of `images` test images."
-    margin = 2 * (standard_error(a, images) ** 2 + standard_error(b, images) ** 2) ** 0.5
-    return True if a - b > margin else (False if b - a >= margin else None)
-
-# %% ../nbs/10_experiments.ipynb #c1a1b001
-def curve_at(curve:list[dict], clean:float, column:str) -> float|None:
-    "Accuracy under `column` along a trade-off `curve` (rows with 'clean' and `column`), interpolated linearly at clean accuracy `clean`; None outside its range."
-    pts = sorted((r['clean'], r[column]) for r in curve)
-    if not pts or not pts[0][0] <= clean <= pts[-1][0]: return None
-    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
-        if x0 <= clean <= x1: return y0 if x1 == x0 else y0 + (y1 - y0) * (clean - x0) / (x1 - x0)
-    return pts[0][1]                                         # a curve of one point, read at that point
-
-def shared_range(*curves) -> tuple[float, float]|None:
-    "The clean accuracies that every curve covers, (low, high), or None if they do not overlap (or one is empty)."
-    if not all(curves): return None
-    low, high = max(min(r['clean'] for r in c) for c in curves), min(max(r['clean'] for r in c) for c in curves)
-    return (low, high) if low <= high else None
-
-# %% ../nbs/10_experiments.ipynb #c1a1b005
-VERDICTS = ('holds', 'does not hold', 'within noise', 'crosses', 'not comparable')
-
-def _verdict(wins:list) -> str:
-    "The verdict on points each won (True), lost (False) or within noise (None): decided by the points decided."
-    if True in wins and False in wins: return 'crosses'
-    return 'holds' if True in wins else 'does not hold' if False in wins else 'within noise'
-
-MATCH_TOLERANCE = 0.03   # clean accuracies this close count as equal, as in the calibration (`select_lambda`)
-
-def compare_curves(a:list[dict], b:list[dict], column, images:int|None, points:int=5, tolerance:float=MATCH_TOLERANCE) -> dict:
-    """Whether curve (or point) `a` beats `b` under `column` (a key, or a function of a row) at equal clean accuracy:
-    verdict, the clean accuracies compared, and the two curves' values there. Curves that do not overlap but end within
-    `tolerance` of each other are compared at those ends (`matched`: the two clean accuracies)."""
-    value = column if callable(column) else (lambda r: r[column])
-    a, b = [dict(r, value=value(r)) for r in a], [dict(r, value=value(r)) for r in b]
-    span = shared_range(a, b)
-    if span is None and a and b:
-        ends = min(((x, y) for x in (min(r['clean'] for r in a), max(r['clean'] for r in a))
-                    for y in (min(r['clean'] for r in b), max(r['clean'] for r in b))), key=lambda e: abs(e[0] - e[1]))
-        if abs(ends[0] - ends[1]) <= tolerance + 1e-12:
-            va, vb = curve_at(a, ends[0], 'value'), curve_at(b, ends[1], 'value')
-            win = _beats(va, vb, images)
-            return dict(verdict=_verdict([win]), at=[(ends[0] + ends[1]) / 2], a=[va], b=[vb], crossing=None,
-                        ahead=int(win is True), behind=int(win is False), matched=ends)
-    if span is None: return dict(verdict='not comparable', at=[], a=[], b=[], crossing=None, ahead=0, behind=0)
-    at = [span[0]] if span[0] == span[1] else [span[0] + (span[1] - span[0]) * i / (points - 1) for i in range(points)]
-    va, vb = [curve_at(a, c, 'value') for c in at], [curve_at(b, c, 'value') for c in at]
-    wins = [_beats(x, y, images) for x, y in zip(va, vb)]
-    out = dict(verdict=_verdict(wins), at=at, a=va, b=vb, ahead=wins.count(True), behind=wins.count(False))
-    decided = [(x, w) for x, w in zip(at, wins) if w is not None]
-    out.update(crossing=next(((x0, x1) for (x0, w0), (x1, w1) in zip(decided, decided[1:]) if w0 != w1), None))
-    return out
 
 # %% ../nbs/10_experiments.ipynb #c1a1b007
 def claims(table:list[dict], images:int|None=None, points:int=5) -> list[dict]:
@@ -338,25 +275,6 @@ def shown_rows(profile:Profile, table:list[dict]) -> list[tuple]:
     "The rows of `profile`, in its order, that `one_per_defence` keeps of its Table 1 `table`: what Figures 2 and 3, the theory and cost pages show."
     keep = {r['row'] for r in one_per_defence(table)}
     return [r for r in profile.rows if row_id(r) in keep]
-
-# %% ../nbs/10_experiments.ipynb #sa000002
-def sanity_checks(acc:dict, images:int|None, ms_curve:dict|None=None, curve_images:int|None=None) -> list[dict]:
-    """The evaluation-sanity checks of one model: `acc` maps Table 1's columns (and 'strong', where run) to accuracies on
-    `images` test images, `ms_curve` maps ε to accuracy under MS on `curve_images`; each check as dict(check, passed, evidence)."""
-    chain = [c for c in ('clean', 'ss', 'ms', 'strong') if acc.get(c) is not None]
-    out = [dict(check='stronger attacks find more: ' + ' ≥ '.join(c.upper() for c in chain),
-                passed=not any(_beats(acc[b], acc[a], images) for a, b in zip(chain, chain[1:])),
-                evidence=', '.join(f"{c.upper()} {acc[c]:.3f}" for c in chain))] if len(chain) > 1 else []
-    white = [c for c in ('ob', 'strong') if acc.get(c) is not None]
-    if acc.get('gf') is not None and white:
-        out.append(dict(check='no gradient masking: GF ≥ ' + ' and '.join(c.upper() for c in white),
-                        passed=not any(_beats(acc[c], acc['gf'], images) for c in white),
-                        evidence=', '.join(f"{c.upper()} {acc[c]:.3f}" for c in ['gf'] + white)))
-    if ms_curve:
-        eps = sorted(ms_curve)
-        out.append(dict(check='MS falls as ε grows', passed=not any(_beats(ms_curve[b], ms_curve[a], curve_images) for a, b in zip(eps, eps[1:])),
-                        evidence=', '.join(f"ε {e:g}: {ms_curve[e]:.3f}" for e in eps)))
-    return out
 
 # %% ../nbs/10_experiments.ipynb #sa000005
 def row_checks(profile:Profile, result:dict, device:str='cpu') -> list[dict]:

@@ -10,7 +10,6 @@ __all__ = ['ENGINES', 'COST', 'row_lock', 'task', 'check_device', 'default_worke
 import argparse, builtins, contextlib, fcntl, json, os, subprocess, sys, tempfile, time, uuid
 from pathlib import Path
 from tqdm import tqdm
-from .data import atomic_write
 from .experiments import Profile, evaluate_row, find_row, get_profile, row_config, row_id, runs_dir
 from .train import run_dir
 

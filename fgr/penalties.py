@@ -27,12 +27,12 @@ def _mean_squared_norm(g:torch.Tensor) -> torch.Tensor: return g.pow(2).flatten(
 
 # %% ../nbs/03_penalties.ipynb #16382f33
 def loss_and_input_gradient(model:nn.Module, x:torch.Tensor, y:torch.Tensor, convention:str='authors',
-                            create_graph:bool=True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                            create_graph:bool=True, check:bool=True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     "From one forward pass: the logits, the batch-mean cross-entropy, and ∇_x of the convention's loss (differentiable if `create_graph`)."
     scale = len(x) if _reduction(convention) == 'sum' else 1
-    x = check_images(x).detach().requires_grad_()
+    x = (check_images(x) if check else x).detach().requires_grad_()
     logits = model_logits(model, x)
-    loss = F.cross_entropy(logits, check_labels(y, x, logits.shape[1]).long())
+    loss = F.cross_entropy(logits, check_labels(y, x, logits.shape[1] if check else None).long())
     return logits, loss, torch.autograd.grad(loss * scale, x, create_graph=create_graph, retain_graph=True)[0]
 
 # %% ../nbs/03_penalties.ipynb #23bfb72f
@@ -63,10 +63,11 @@ class PenalizedLoss(NamedTuple):
 
 PENALTIES = {'igr': _igr_from_gradient, 'fgr': _fgr_from_gradient}
 
-def penalized_loss(model:nn.Module, x:torch.Tensor, y:torch.Tensor, lam:float, penalty:str='fgr', convention:str='authors') -> PenalizedLoss:
-    "Cross-entropy + λ · the `penalty` ('igr', Eq. 5; 'fgr', Eq. 11) from one forward pass of `x`, differentiable in the parameters."
+def penalized_loss(model:nn.Module, x:torch.Tensor, y:torch.Tensor, lam:float, penalty:str='fgr', convention:str='authors',
+                   check:bool=True) -> PenalizedLoss:
+    "Cross-entropy + λ · the `penalty` ('igr', Eq. 5; 'fgr', Eq. 11) from one forward pass of `x`, differentiable in the parameters; `check=False` for checked inputs."
     if penalty not in PENALTIES: raise ValueError(f"unknown penalty {penalty!r}; valid penalties: {', '.join(PENALTIES)}")
     if not (isinstance(lam, (int, float)) and 0 <= lam < float('inf')): raise ValueError(f"lam must be a finite number ≥ 0, got {lam!r}")
-    logits, ce, gx = loss_and_input_gradient(model, x, y, convention)
+    logits, ce, gx = loss_and_input_gradient(model, x, y, convention, check=check)
     p = PENALTIES[penalty](gx, x)
     return PenalizedLoss(ce + lam * p, ce, p, logits)

@@ -78,10 +78,10 @@ class Stepper:
         device = next(model.parameters()).device
         if graphs and device.type != 'cuda': raise ValueError(f"CUDA graphs need the model on a CUDA device, got {device} (graphs=False steps eagerly)")
         self.model, self.optimizer, self.objective, self.graphs = model, optimizer, objective, graphs
-        self.captured, self.settings, self.last_lam, self.steps, self.captures, self.replays = None, None, None, 0, 0, 0
+        self.captured, self.settings, self.last_lam, self.captures, self.replays = None, None, None, 0, 0   # no λ yet: the first step is eager
 
     def __call__(self, x:torch.Tensor, y:torch.Tensor, cfg) -> tuple:
-        steady, self.last_lam, self.steps = self.steps > 0 and cfg.lam == self.last_lam, cfg.lam, self.steps + 1
+        steady, self.last_lam = cfg.lam == self.last_lam, cfg.lam
         if not (self.graphs and steady and len(x) == cfg.batch_size):
             return optimizer_step(self.model, self.optimizer, self.objective, x, y, cfg)
         settings = (tuple(g['lr'] for g in self.optimizer.param_groups), cfg.lam)

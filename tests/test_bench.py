@@ -1,4 +1,4 @@
-"""fgr.bench: the naive baseline and the alternative objectives compute what the library computes, the benchmark record
+"""fgr.naive and fgr.bench: the naive baseline and the autograd objective compute what the library computes, the benchmark record
 has every field, `python -m fgr.bench --quick` writes one, and the GPU check exits cleanly without CUDA.
 Nothing here asserts a timing: the machine is shared, and the ratios are the benchmark's output, not its tests."""
 import copy, importlib.util, json, os, subprocess, sys, tarfile
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import ON_CI, cifar_or_skip
-from fgr import bench
+from fgr import bench, bench_record, naive
 from fgr.data import find_data_root, load_cifar, to_float
 from fgr.gradients import flow_gradient
 from fgr.models import make_model
@@ -35,13 +35,13 @@ def test_naive_warp_equals_warp_in_float64():
     x = torch.rand(3, 3, 17, 23, generator=g, dtype=torch.float64)
     for scale in (0.0, 0.01, 0.3, 3.0):            # identity, sub-pixel, several pixels, far beyond the border
         flow = scale * torch.randn(3, 17, 23, 2, generator=g, dtype=torch.float64)
-        torch.testing.assert_close(bench.naive_warp(x, flow), warp(x, flow), atol=1e-12, rtol=0)
+        torch.testing.assert_close(naive.naive_warp(x, flow), warp(x, flow), atol=1e-12, rtol=0)
 
 
 def test_naive_flow_gradient_at_identity_is_the_closed_form(batch64):
     x, y, net = batch64
     v0 = torch.zeros(len(x), 32, 32, 2, dtype=torch.float64, requires_grad=True)
-    g, = torch.autograd.grad(F.cross_entropy(net.eval()(bench.naive_warp(x, v0)), y), v0)
+    g, = torch.autograd.grad(F.cross_entropy(net.eval()(naive.naive_warp(x, v0)), y), v0)
     torch.testing.assert_close(g, flow_gradient(net, x, y), atol=1e-14, rtol=1e-10)
 
 
@@ -50,37 +50,17 @@ def test_fgr_objectives_have_the_library_penalty_gradient(batch64, convention):
     x, y, net = batch64
     net.train()
     cfg = TrainConfig(defense='fgr', width=1/16, convention=convention).resolved()
-    exact = bench.penalty_gradient(DEFENSES['fgr'], net, x, y, cfg)
-    for objective in (bench.fgr_two_pass, bench.naive_fgr):
-        assert rel(bench.penalty_gradient(objective, net, x, y, cfg), exact) < 1e-10, objective.__name__
+    exact = naive.penalty_gradient(DEFENSES['fgr'], net, x, y, cfg)
+    assert rel(naive.penalty_gradient(naive.naive_fgr, net, x, y, cfg), exact) < 1e-10
     # autograd through warp differentiates a hair right of v0: max-pooling ties in flat image regions may resolve differently
-    assert rel(bench.penalty_gradient(bench.fgr_autograd, net, x, y, cfg), exact) < 1e-3
-    two, library = bench.fgr_two_pass(net, x, y, cfg), DEFENSES['fgr'](net, x, y, cfg)
-    torch.testing.assert_close(two.loss, library.loss, atol=0, rtol=1e-12)
-    torch.testing.assert_close(two.penalty, library.penalty, atol=0, rtol=1e-12)
-
-
-def test_igr_two_pass_has_the_library_penalty_gradient(batch64):
-    x, y, net = batch64
-    cfg = TrainConfig(defense='igr', width=1/16).resolved()
-    assert rel(bench.penalty_gradient(bench.igr_two_pass, net.train(), x, y, cfg), bench.penalty_gradient(DEFENSES['igr'], net, x, y, cfg)) < 1e-10
-
-
-@pytest.mark.parametrize('convention', ['authors', 'per_sample'])
-def test_finite_difference_formula_is_exact_in_the_limit(batch64, convention):
-    "In float64 a step of 1e-9 flips no ReLU, and the finite difference is the exact penalty gradient; its loss is FGR's."
-    x, y, net = batch64
-    cfg = TrainConfig(defense='fgr', width=1/16, convention=convention).resolved()
-    fd = lambda *a: bench.fgr_finite_difference(*a, step=1e-9)
-    exact = bench.penalty_gradient(DEFENSES['fgr'], net.train(), x, y, cfg)
-    assert bench.cosine(bench.penalty_gradient(fd, net, x, y, cfg), exact) > 1 - 1e-6
-    torch.testing.assert_close(fd(net, x, y, cfg).loss, DEFENSES['fgr'](net, x, y, cfg).loss, atol=0, rtol=1e-12)
+    assert rel(naive.penalty_gradient(bench.fgr_autograd, net, x, y, cfg), exact) < 1e-3
+    torch.testing.assert_close(naive.naive_fgr(net, x, y, cfg).penalty, DEFENSES['fgr'](net, x, y, cfg).penalty, atol=0, rtol=1e-10)
 
 
 def test_pil_loader_serves_augmented_images_of_the_set():
     g = torch.Generator().manual_seed(0)
     x, y = torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8, generator=g), torch.arange(10)
-    ds = bench.PILCifar(x, y)
+    ds = naive.PILCifar(x, y)
     assert len(ds) == 10
     img, label = ds[4]
     assert img.shape == (3, 32, 32) and img.dtype == torch.float32 and label == 4
@@ -90,7 +70,7 @@ def test_pil_loader_serves_augmented_images_of_the_set():
         c = padded[:, dy:dy + 32, dx:dx + 32]
         return torch.allclose(img, c.flip(-1) if f else c, atol=1e-6)
     assert any(is_crop(*c) for c in crops), "the item is not a padded crop (or its flip) of its image"
-    xb, yb = next(iter(bench.naive_loader(x, y, batch_size=4, workers=0)))
+    xb, yb = next(iter(naive.naive_loader(x, y, batch_size=4, workers=0)))
     assert xb.shape == (4, 3, 32, 32) and yb.shape == (4,)
 
 
@@ -100,31 +80,29 @@ def test_peak_memory_counts_the_double_backward_graph():
     assert 0 < standard < igr
 
 
-def _record_with(steps=(), memory=(), epochs=(), fd=()):
+def _record_with(steps=(), memory=(), epochs=()):
     rec = bench.new_record(['cpu'], quick=True, command='test')
     rec['data'] = 'random'
     rec['steps'] = [dict(device='cpu', arch='vgg11', width=1.0, batch_size=128, variant=n, times_s=[t], median_s=t) for n, t in steps]
     rec['memory'] = [dict(device='cpu', arch='vgg11', width=1.0, variant=n, peak_bytes=b, method='x') for n, b in memory]
-    rec['epochs'], rec['finite_difference'] = list(epochs), list(fd)
-    rec['targets'] = bench.targets(rec)
+    rec['epochs'] = list(epochs)
+    rec['targets'] = bench_record.targets(rec)
     return rec
 
 
 def test_targets_are_computed_from_the_medians():
-    steps = [('igr', 1.0), ('fgr', 1.04), ('igr_two_pass', 1.3), ('fgr_two_pass', 1.35), ('fgr_naive', 1.25), ('fgr_fd', 0.8)]
+    steps = [('igr', 1.0), ('fgr', 1.04), ('fgr_naive', 1.25)]
     epochs = [dict(device='cuda:0', arch='vgg11', width=1.0, images=10, times_s={}, median_s=dict(naive=6.0, ours=3.0, ours_fast=1.5))]
-    rec = _record_with(steps, [('igr', 100), ('fgr', 105), ('igr_two_pass', 130), ('fgr_two_pass', 120)], epochs)
+    rec = _record_with(steps, [('igr', 100), ('fgr', 105)], epochs)
     t = {x['target']: x for x in rec['targets']}
     assert t['FGR step / IGR step']['value'] == pytest.approx(1.04) and t['FGR step / IGR step']['met']
     assert t['FGR step / naive FGR step']['value'] == pytest.approx(1.04 / 1.25) and t['FGR step / naive FGR step']['met']
     assert t['FGR peak memory / IGR peak memory']['value'] == pytest.approx(1.05) and t['FGR peak memory / IGR peak memory']['met']
-    assert t['finite-difference FGR step / exact FGR step']['value'] == pytest.approx(0.8 / 1.04)
-    assert not t['finite-difference FGR step / exact FGR step']['met']
     slow = {x['target']: x for x in _record_with([('igr', 1.0), ('fgr', 1.2), ('fgr_naive', 1.0)], [('igr', 100), ('fgr', 120)])['targets']}
     assert not slow['FGR step / IGR step']['met'] and not slow['FGR step / naive FGR step']['met'] and not slow['FGR peak memory / IGR peak memory']['met']
     assert t['naive epoch / ours epoch']['value'] == 2.0 and not t['naive epoch / ours epoch']['met']       # CUDA needs 3x
     assert t['naive epoch / ours_fast epoch']['met']
-    assert bench.check_record(rec) is rec
+    assert bench_record.check_record(rec) is rec
 
 
 def test_graph_targets_compare_graphed_steps_and_appear_only_where_measured():
@@ -136,7 +114,7 @@ def test_graph_targets_compare_graphed_steps_and_appear_only_where_measured():
     assert t['naive epoch / ours_graph epoch']['value'] == 4.0 and t['naive epoch / ours_graph epoch']['met']
     eager = {x['target'] for x in _record_with(steps[:3], [])['targets']}
     assert 'FGR step / IGR step' in eager and not any('CUDA graphs' in n for n in eager)
-    assert '| ours_graph |' in bench.format_tables(_record_with(steps, [], epochs))
+    assert '| ours_graph |' in bench_record.format_tables(_record_with(steps, [], epochs))
 
 
 def test_check_record_names_what_is_missing():
@@ -144,7 +122,7 @@ def test_check_record_names_what_is_missing():
     for broken, name in ((lambda r: r.pop('steps'), "'steps'"), (lambda r: r['steps'][0].pop('median_s'), 'median_s'),
                          (lambda r: r.update(format='other'), 'format'), (lambda r: r.update(quick='yes'), "'quick'")):
         r = copy.deepcopy(rec); broken(r)
-        with pytest.raises(ValueError, match=name): bench.check_record(r)
+        with pytest.raises(ValueError, match=name): bench_record.check_record(r)
 
 
 def test_quick_run_writes_a_complete_record(tmp_path):
@@ -154,7 +132,7 @@ def test_quick_run_writes_a_complete_record(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     files = list(tmp_path.glob('*-cpu-quick.json'))
     assert len(files) == 1 and f"record: {files[0]}" in out.stdout and 'Targets:' in out.stdout
-    rec = bench.check_record(json.loads(files[0].read_text()))
+    rec = bench_record.check_record(json.loads(files[0].read_text()))
     assert rec['quick'] and rec['devices'][0]['device'] == 'cpu' and rec['devices'][0]['device_name']
     assert rec['provenance']['packages']['torch'] == torch.__version__ and rec['threads'] == 1
     assert {s['variant'] for s in rec['steps']} == set(bench.STEP_NAMES)
@@ -163,7 +141,6 @@ def test_quick_run_writes_a_complete_record(tmp_path):
     assert sorted((a['setting'], a['attack']) for a in rec['attacks']) == sorted((p, a) for p in ('mini', 'paper') for a in ('ss', 'ms', 'ob', 'gf'))
     assert all(a['images_per_s'] > 0 for a in rec['attacks'])
     assert set(rec['epochs'][0]['median_s']) == {'naive', 'ours'}          # ours_fast is CUDA's
-    assert set(rec['finite_difference'][0]['cosine_by_step']) == {str(s) for s in bench.FD_SWEEP}
     assert rec['targets'] and all(t['value'] is not None for t in rec['targets'])
 
 
@@ -207,7 +184,7 @@ def test_training_check_trains_each_recipe_and_reports_it(packed_subset, monkeyp
     assert [r['defense'] for r in out] == ['standard', 'fgr'] and out[1]['lam'] == TrainConfig(defense='fgr').resolved().lam
     assert all(r['train_images'] == 40 and r['test_images'] == 20 and r['images_per_s'] > 0 and 0 <= r['test_accuracy'] <= 1
                and r['flow_gradient_norm'] > 0 and len(r['history']) == 1 for r in out)
-    assert '| cpu | fgr λ 700, vgg11 width 0.0625 | 1 epoch, 40 images (test 20) |' in bench.training_table([dict(device='cpu', **r) for r in out])
+    assert '| cpu | fgr λ 700, vgg11 width 0.0625 | 1 epoch, 40 images (test 20) |' in bench_record.training_table([dict(device='cpu', **r) for r in out])
 
 
 def test_a_variant_that_fails_is_recorded_and_skipped(monkeypatch):
@@ -228,7 +205,8 @@ def test_bench_records_lists_full_records_of_a_device_type(tmp_path):
     full['quick'] = False
     (tmp_path / '20260101T000000Z-cpu.json').write_text(json.dumps(full))
     (tmp_path / '20260102T000000Z-cpu-quick.json').write_text(json.dumps(quick))
-    (tmp_path / 'notes.json').write_text(json.dumps({'format': 'other'}))
-    assert [r['quick'] for r in bench.bench_records('cpu', folder=tmp_path)] == [False]
-    assert [r['quick'] for r in bench.bench_records('cpu', quick=True, folder=tmp_path)] == [True]
-    assert bench.bench_records('cuda', folder=tmp_path) == []
+    assert [r['quick'] for r in bench_record.bench_records('cpu', folder=tmp_path)] == [False]
+    assert [r['quick'] for r in bench_record.bench_records('cpu', quick=True, folder=tmp_path)] == [True]
+    assert bench_record.bench_records('cuda', folder=tmp_path) == []
+    (tmp_path / 'notes.json').write_text(json.dumps({'format': 'fgr-table1-1', 'profile': 'mini', 'rows': []}))
+    with pytest.raises(ValueError, match='notes.json is a Table 1 record'): bench_record.bench_records('cpu', folder=tmp_path)   # not skipped in silence

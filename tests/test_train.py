@@ -166,7 +166,7 @@ def test_damaged_or_foreign_files_are_errors_and_left_alone(env, tmp_path):
 
     # a corrupted record, then a truncated checkpoint
     (folder / 'record.json').write_text('{"config_hash": ')
-    with pytest.raises(RunError, match='cannot read the record'): train(cfg)
+    with pytest.raises(RunError, match='cannot read the training record'): train(cfg)
     assert (folder / 'record.json').read_text() == '{"config_hash": '
     (folder / 'record.json').unlink()
     (folder / 'checkpoint.pt').write_bytes(good[:len(good) // 2])
@@ -255,16 +255,16 @@ def test_interrupted_run_resumes_to_identical_weights(env, tmp_path):
 
 def test_provenance_takes_the_commit_from_the_environment_when_set(monkeypatch):
     # a copy of the tree without .git (as on a rented GPU machine): the commit comes from $FGR_GIT_COMMIT
-    import fgr.train
-    monkeypatch.setattr(fgr.train, '_git', lambda *args: None)
+    import fgr.records
+    monkeypatch.setattr(fgr.records, '_git', lambda *args: None)
     monkeypatch.setenv('FGR_GIT_COMMIT', '0123abc')
-    p = fgr.train.provenance(torch.device('cpu'))
+    p = fgr.records.provenance(torch.device('cpu'))
     assert (p['git_commit'], p['git_dirty']) == ('0123abc', None)
     monkeypatch.delenv('FGR_GIT_COMMIT')
-    assert fgr.train.provenance(torch.device('cpu'))['git_commit'] is None
-    monkeypatch.setattr(fgr.train, '_git', lambda *args: 'stale' if args[0] == 'rev-parse' else ' M x')   # a stale .git
+    assert fgr.records.provenance(torch.device('cpu'))['git_commit'] is None
+    monkeypatch.setattr(fgr.records, '_git', lambda *args: 'stale' if args[0] == 'rev-parse' else ' M x')   # a stale .git
     monkeypatch.setenv('FGR_GIT_COMMIT', '0123abc')
-    assert (fgr.train.provenance(torch.device('cpu'))['git_commit'], fgr.train.provenance(torch.device('cpu'))['git_dirty']) == ('0123abc', None)
+    assert (fgr.records.provenance(torch.device('cpu'))['git_commit'], fgr.records.provenance(torch.device('cpu'))['git_dirty']) == ('0123abc', None)
 
 
 # --- the authors' data pipeline, divergence, collapse -------------------------------------------------------------

@@ -1,20 +1,20 @@
 """The unseen-deformations record the book build writes for its profile (CI builds the tiny book before pytest)."""
-import json
 import pytest
 
 from conftest import tiny_record_or_skip
 from fgr.evaluate import evaluate
 from fgr.experiments import BEYOND, get_profile, row_config, row_id, unseen_evaluations
 from fgr.train import train
-from fgr.unseen import FAMILIES, UNSEEN_FORMAT, adef_accuracy, unseen_key, unseen_path
+from fgr.records import read_record
+from fgr.unseen import FAMILIES, adef_accuracy, unseen_key, unseen_path
 
 
 @pytest.fixture(scope='module')
 def tiny():
     profile = get_profile('tiny')
     path = tiny_record_or_skip(unseen_path(profile))
-    data = json.loads(path.read_text())
-    assert data['format'] == UNSEEN_FORMAT and data['profile'] == 'tiny'
+    data = read_record(path, 'unseen')
+    assert data['format'] == 'fgr-unseen-1' and data['profile'] == 'tiny'
     return profile, data['rows']
 
 

@@ -3,7 +3,8 @@
 #   here:   .venv/bin/python benchmarks/pack_gpu_data.py        (writes .cache/gpu-data/cifar10-subset.tar.gz, ~24 MB)
 #   there:  bash tools/gpu_check.sh                            (carry: .cache/gpu-data; timeout_s 470)
 # It runs `python -m fgr.bench --gpu-check`: CUDA correctness (closed form vs autograd flow gradient, bf16 vs float32
-# penalty gradients), the benchmark at full width, and a few epochs of Standard and FGR on the carried CIFAR-10 subset.
+# penalty gradients), the benchmark at full width, and a few epochs of Standard and FGR on the carried CIFAR-10 subset;
+# then benchmarks/compile_probe.py on CUDA.
 # The record goes to benchmarks/results/ (commit it) and, where $OUT is set, to $OUT with the log.
 # TRAINING=0 leaves out the training check (the record is then named *-cuda.json): the benchmark alone, for a rerun
 # after a change to the step when the training check's record is still current.
@@ -19,7 +20,7 @@ if ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1
   exit 0
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
-args=(--compile --threads "${THREADS:-8}" --deadline "${DEADLINE:-390}" --out benchmarks/results)
+args=(--threads "${THREADS:-8}" --deadline "${DEADLINE:-390}" --out benchmarks/results)
 if [ "${TRAINING:-1}" = 0 ]; then args+=(--device cuda); else args+=(--gpu-check); fi
 data=${GPU_DATA:-.cache/gpu-data/cifar10-subset.tar.gz}
 if [ -f "$data" ]; then
@@ -31,3 +32,6 @@ fi
 log=${OUT:+$OUT/gpu-check.log}
 "$PY" -m fgr.bench "${args[@]}" 2>&1 | tee "${log:-/dev/null}"
 if [ -n "${OUT:-}" ]; then cp "$(ls -t benchmarks/results/*.json | head -1)" "$OUT"/; fi
+# torch.compile of the FGR step on CUDA (a measured alternative): benchmarks/compile_probe-cuda.json
+"$PY" benchmarks/compile_probe.py --device cuda 2>&1 | tee -a "${log:-/dev/null}"
+if [ -n "${OUT:-}" ]; then cp benchmarks/compile_probe-cuda.json "$OUT"/; fi
