@@ -24,10 +24,9 @@ Run: `.venv/bin/python benchmarks/finite_difference.py` (a few minutes on two CP
 `finite_difference.json` beside itself, an `alternative` record (fgr.records).
 """
 import statistics
-from pathlib import Path
 import torch
 import torch.nn.functional as F
-from fgr.bench import VARIANTS, Variant, bench_data, setup_variant, time_variants, write_alternative
+from fgr.bench import VARIANTS, Variant, bench_data, setup_variant, time_variants, run_alternative
 from fgr.data import to_float
 from fgr.experiments import get_profile
 from fgr.gradients import forward_differences, model_logits
@@ -81,8 +80,4 @@ def measure(batch_size:int=128, trials:int=3, reps:int=3) -> tuple[dict, str]:
                f"(needed ≥ {FD_MIN_COSINE:g})")
     return results, verdict
 
-if __name__ == '__main__':
-    torch.set_num_threads(1)
-    results, verdict = measure()
-    write_alternative(Path(__file__).with_suffix('.json'), Path(__file__).name, results, verdict)
-    print(verdict)
+if __name__ == '__main__': run_alternative(__file__, measure)

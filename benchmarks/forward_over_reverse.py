@@ -14,11 +14,10 @@ backward pass. Measured on the 2-core CPU, one thread, batch 128, at the mini wi
 minutes).
 """
 import contextlib, statistics
-from pathlib import Path
 import torch
 import torch.nn.functional as F
 import torch.autograd.forward_ad as fwAD
-from fgr.bench import setup_variant, VARIANTS, Variant, time_variants, peak_memory, write_alternative
+from fgr.bench import setup_variant, VARIANTS, Variant, time_variants, peak_memory, run_alternative
 from fgr.naive import penalty_gradient
 from fgr.train import DEFENSES, Objective
 from fgr.penalties import loss_and_input_gradient, _mean_squared_norm
@@ -80,8 +79,4 @@ def measure() -> tuple[dict, str]:
                "its peak memory (VGG-11 and ResNet-18 at width 1/8)")
     return results, verdict
 
-if __name__ == '__main__':
-    torch.set_num_threads(1)
-    results, verdict = measure()
-    write_alternative(Path(__file__).with_suffix('.json'), Path(__file__).name, results, verdict)
-    print(verdict)
+if __name__ == '__main__': run_alternative(__file__, measure)

@@ -12,9 +12,8 @@ Run: `.venv/bin/python benchmarks/two_pass.py` (a few minutes on two CPU cores, 
 beside itself, an `alternative` record (fgr.records).
 """
 import statistics
-from pathlib import Path
 import torch
-from fgr.bench import VARIANTS, Variant, bench_data, peak_memory, time_variants, write_alternative
+from fgr.bench import VARIANTS, Variant, bench_data, peak_memory, time_variants, run_alternative
 from fgr.data import to_float
 from fgr.experiments import get_profile
 from fgr.models import make_model
@@ -67,8 +66,4 @@ def measure(batch_size:int=128, reps:int=3) -> tuple[dict, str]:
                f"(relative difference ≤ {max(agree.values()):.0e} in float64)")
     return results, verdict
 
-if __name__ == '__main__':
-    torch.set_num_threads(1)
-    results, verdict = measure()
-    write_alternative(Path(__file__).with_suffix('.json'), Path(__file__).name, results, verdict)
-    print(verdict)
+if __name__ == '__main__': run_alternative(__file__, measure)

@@ -120,9 +120,9 @@ def sign_gradient_attack(model:nn.Module, x:torch.Tensor, y:torch.Tensor, pset:P
     check_images(x); check_labels(y, x)
     with frozen(model):
         delta = pset.init(x, make_generator(seed, x.device) if random_start else None)
-        loss = lambda d: (classification_loss(model, pset.apply_for_gradient(x, d), y, 'none', check=False),)
-        for _ in range(iterations):
-            _, grad = value_and_grad(loss, delta)
+        loss = lambda d, first: (classification_loss(model, pset.apply_for_gradient(x, d), y, 'none', check=first),)   # labels' range: once
+        for i in range(iterations):
+            _, grad = value_and_grad(lambda d: loss(d, i == 0), delta)
             delta = pset.project(x, pset.step(delta, grad))
         return attack_result(model, pset.apply(x, delta), y, delta if pset.is_flow else None, iterations)
 
@@ -163,11 +163,11 @@ def margin_loss(logits:torch.Tensor, y:torch.Tensor, check:bool=True) -> torch.T
     true = logits.gather(1, y.long()[:, None])[:, 0]
     return (true - logits.scatter(1, y.long()[:, None], float('-inf')).amax(1)).clamp(min=0)
 
-def stadv_loss(model:nn.Module, x:torch.Tensor, y:torch.Tensor, v:torch.Tensor, c:float):
+def stadv_loss(model:nn.Module, x:torch.Tensor, y:torch.Tensor, v:torch.Tensor, c:float, check:bool=False):
     "J(v) = margin of I(x, v) + c·flow smoothness of v, per image, for checked `x`, `y`; also returns the smoothness and the logits."
     logits = model_logits(model, warp(x, v, check=False))
     smooth = flow_smoothness(v)
-    return margin_loss(logits, y, check=False) + c * smooth, smooth, logits
+    return margin_loss(logits, y, check=check) + c * smooth, smooth, logits
 
 # %% ../nbs/05_attacks.ipynb #612032b5
 class BestSuccessful:
@@ -189,8 +189,8 @@ def optimization_based(model:nn.Module, x:torch.Tensor, y:torch.Tensor, c:float=
     with frozen(model):
         v, velocity = identity_flow(x), identity_flow(x)
         best = BestSuccessful(v)
-        for _ in range(iterations):
-            _, smooth, logits, grad = value_and_grad(lambda d: stadv_loss(model, x, y, right_of_kink(x, d), c), v)
+        for i in range(iterations):
+            _, smooth, logits, grad = value_and_grad(lambda d: stadv_loss(model, x, y, right_of_kink(x, d), c, check=i == 0), v)
             best.update(v, smooth, logits.argmax(1) != y)
             velocity = momentum * velocity + grad
             v = v - step_size / (1 + c) * velocity
@@ -220,7 +220,7 @@ def gradient_free(model:nn.Module, x:torch.Tensor, y:torch.Tensor, c:float=10., 
     check_images(x); check_labels(y, x)
     generator, batch = make_generator(seed, x.device), torch.arange(len(x), device=x.device)
     with frozen(model), torch.no_grad():
-        v = identity_flow(x); f, smooth, logits = stadv_loss(model, x, y, v, c)
+        v = identity_flow(x); f, smooth, logits = stadv_loss(model, x, y, v, c, check=True)
         best, sigma = BestSuccessful(v), x.new_full((len(x),), step_size)
         best.update(v, smooth, logits.argmax(1) != y)
         for _ in range(iterations):
