@@ -365,7 +365,7 @@ def write_alternative(path, name:str, results:dict, verdict:str, device='cpu') -
                                                   provenance=provenance(device), results=results, verdict=verdict))
 
 def run_alternative(script:str, measure:Callable) -> dict:
-    "A script's `__main__`: `measure()` on one CPU thread, its (results, verdict) written beside `script` as <script>.json, the verdict printed."
+    "A script's `__main__`: `measure()` on one CPU thread, its (results, verdict) written beside the script, with the suffix .json; the verdict printed."
     torch.set_num_threads(1)
     results, verdict = measure()
     print(verdict)
