@@ -13,7 +13,8 @@ and, with `--device cuda`, `compile_probe-cuda.json`.
 import argparse, statistics, time
 from pathlib import Path
 import torch
-from fgr.bench import VARIANTS, bench_data, setup_variant, time_variants, write_alternative
+from fgr.bench import VARIANTS, bench_data, setup_variant, time_variants
+from fgr.bench_record import write_alternative
 from fgr.data import to_float
 from fgr.step import optimizer_step
 from fgr.train import DEFENSES

@@ -26,7 +26,8 @@ Run: `.venv/bin/python benchmarks/finite_difference.py` (a few minutes on two CP
 import statistics
 import torch
 import torch.nn.functional as F
-from fgr.bench import VARIANTS, Variant, bench_data, setup_variant, time_variants, run_alternative
+from fgr.bench import VARIANTS, Variant, bench_data, setup_variant, time_variants
+from fgr.bench_record import run_alternative
 from fgr.data import to_float
 from fgr.experiments import get_profile
 from fgr.gradients import forward_differences, model_logits

@@ -17,7 +17,8 @@ import contextlib, statistics
 import torch
 import torch.nn.functional as F
 import torch.autograd.forward_ad as fwAD
-from fgr.bench import setup_variant, VARIANTS, Variant, time_variants, peak_memory, run_alternative
+from fgr.bench import setup_variant, VARIANTS, Variant, time_variants, peak_memory
+from fgr.bench_record import run_alternative
 from fgr.naive import penalty_gradient
 from fgr.train import DEFENSES, Objective
 from fgr.penalties import loss_and_input_gradient, _mean_squared_norm

@@ -1,7 +1,7 @@
 """Pack a compact CIFAR-10 subset for the GPU check (tools/gpu_check.sh): a tar.gz of cifar10/{train,test}/<class>/*.png,
 a fixed random subset of the offline image folders with the same number of images per class, the PNG files as they are. It goes to .cache/gpu-data/ (ignored by
 git), which a device call carries; the data is never committed."""
-import argparse, random, sys, tarfile
+import argparse, random, tarfile
 from pathlib import Path
 
 from fgr.data import find_data_root

@@ -13,7 +13,8 @@ beside itself, an `alternative` record (fgr.records).
 """
 import statistics
 import torch
-from fgr.bench import VARIANTS, Variant, bench_data, peak_memory, time_variants, run_alternative
+from fgr.bench import VARIANTS, Variant, bench_data, peak_memory, time_variants
+from fgr.bench_record import run_alternative
 from fgr.data import to_float
 from fgr.experiments import get_profile
 from fgr.models import make_model

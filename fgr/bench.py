@@ -7,8 +7,7 @@ __all__ = ['VARIANTS', 'CUDA_VARIANTS', 'AMP_MIN_COSINE', 'STEP_NAMES', 'MEMORY_
            'setup_variant', 'stepper', 'run_step', 'time_variants', 'peak_memory', 'strict_float32', 'amp_agreement',
            'graph_agreement', 'attack_throughput', 'ours_epoch', 'naive_epoch', 'epoch_variants', 'time_epochs',
            'correctness', 'training_check', 'bench_data', 'device_name', 'bench_settings', 'new_record', 'phase_steps',
-           'phase_amp', 'phase_attacks', 'phase_epochs', 'run_benchmark', 'write_alternative', 'run_alternative',
-           'build_parser', 'main']
+           'phase_amp', 'phase_attacks', 'phase_epochs', 'run_benchmark', 'build_parser', 'main']
 
 # %% ../nbs/11_bench.ipynb #226c2e84
 import argparse, builtins, contextlib, dataclasses, os, platform, statistics, sys, tempfile, time, weakref
@@ -357,19 +356,6 @@ def run_benchmark(devices=None, quick:bool=False, archs=('vgg11', 'resnet18'), o
             write_record(path, 'bench', record)
     record['path'] = str(path); write_record(path, 'bench', record)
     return record
-
-# %% ../nbs/11_bench.ipynb #bn000011
-def write_alternative(path, name:str, results:dict, verdict:str, device='cpu') -> dict:
-    "Write the `alternative` record of the script `name` (its measured `results` and the `verdict` drawn from them) to `path`."
-    return write_record(path, 'alternative', dict(name=name, created=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()), command=' '.join(sys.argv),
-                                                  provenance=provenance(device), results=results, verdict=verdict))
-
-def run_alternative(script:str, measure:Callable) -> dict:
-    "A script's `__main__`: `measure()` on one CPU thread, its (results, verdict) written beside the script, with the suffix .json; the verdict printed."
-    torch.set_num_threads(1)
-    results, verdict = measure()
-    print(verdict)
-    return write_alternative(Path(script).with_suffix('.json'), Path(script).name, results, verdict)
 
 # %% ../nbs/11_bench.ipynb #157e35bc
 def build_parser() -> argparse.ArgumentParser:
