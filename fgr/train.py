@@ -8,7 +8,7 @@ __all__ = ['DEFENSES', 'SUBSET_SEED', 'NEAR_CHANCE', 'CHECKPOINT_FORMAT', 'GRAPH
            'train_step', 'make_optimizer', 'load_split', 'fingerprint', 'batches', 'evaluate_accuracy',
            'mean_flow_gradient_norm', 'did_not_learn', 'RunError', 'config_hash', 'run_dir', 'save_checkpoint',
            'load_checkpoint', 'rng_states', 'set_rng_states', 'lam_schedule', 'DivergenceError', 'make_stepper',
-           'train_epoch', 'train', 'build_parser', 'parse_config', 'main', 'time_train_step']
+           'train_epoch', 'train', 'build_parser', 'parse_config', 'main']
 
 # %% ../nbs/08_train.ipynb #23e5ac2d
 import argparse, builtins, dataclasses, functools, hashlib, json, math, os, signal, sys, time, typing
@@ -319,8 +319,8 @@ def _fit(model, optimizer, scheduler, generator, state, xtr, ytr, xte, yte, cfg,
                                         rng=rng_states(generator), **state))
 
 # %% ../nbs/08_train.ipynb #a9cc8fbd
-def _finish(model, state, xte, yte, cfg, h, data, device, folder, record_path) -> dict:
-    "Final metrics and the run's record (`fgr.records`), written atomically to `record_path`."
+def _finish(model, state, xte, yte, cfg, h, data, device, folder, record_path, extra:dict|None=None) -> dict:
+    "Final metrics and the run's record (`fgr.records`) with the fields `extra` too, written atomically to `record_path`."
     last = state['history'][-1]
     accuracy = evaluate_accuracy(model, xte, yte)
     metrics = dict(test_accuracy=accuracy, did_not_learn=did_not_learn(accuracy, DATASETS[cfg.dataset]),
@@ -328,7 +328,7 @@ def _finish(model, state, xte, yte, cfg, h, data, device, folder, record_path) -
                    train_accuracy=last['train_accuracy'], loss=last['loss'], penalty=last['penalty'], history=state['history'])
     record = dict(config=asdict(cfg), config_hash=h, run_dir=str(folder), checkpoint=str(folder / 'checkpoint.pt'), data=data,
                   metrics=metrics, provenance=provenance(device), wall_time_s=state['wall_time_s'], resumed_at=state['resumed_at'],
-                  finished=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()))
+                  finished=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()), **(extra or {}))
     return write_record(record_path, 'run', record)   # as read back from disk: tuples become lists
 
 # %% ../nbs/08_train.ipynb #0c6da599
@@ -372,18 +372,3 @@ def main(argv:list[str]|None=None) -> int:
 
 # %% ../nbs/08_train.ipynb #9fde538a
 if __name__ == '__main__' and not hasattr(builtins, '__IPYTHON__'): sys.exit(main())   # `python -m fgr.train`, not a notebook
-
-# %% ../nbs/08_train.ipynb #435f5ab5
-def time_train_step(cfg:TrainConfig, x:torch.Tensor, y:torch.Tensor, steps:int=3, warmup:int=1) -> list[float]:
-    "Seconds taken by each of `steps` training steps of `cfg`'s defence on the batch (`x`, `y`), after `warmup` untimed ones."
-    cfg = cfg.resolved()
-    torch.manual_seed(cfg.seed)
-    model = make_model(cfg.arch, DATASETS[cfg.dataset], cfg.width).to(x.device)
-    optimizer, _ = make_optimizer(model, cfg)
-    seconds = []
-    for _ in range(warmup + steps):
-        start = time.perf_counter()
-        train_step(model, optimizer, x, y, cfg)
-        if x.device.type == 'cuda': torch.cuda.synchronize(x.device)
-        seconds.append(time.perf_counter() - start)
-    return seconds[warmup:]

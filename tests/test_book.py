@@ -59,7 +59,7 @@ def test_glued_numbers_are_filled_in(chapters):
 
 
 def test_method_chapters_are_in_the_book(chapters):
-    assert {"01_warp", "02_flow_gradients", "03_penalties", "04_theory", "05_attacks", "06_models", "00_data", "07a_step", "07b_records", "07c_config", "08_train",
+    assert {"01_warp", "02_flow_gradients", "03_penalties", "04_theory", "05_attacks", "06_models", "00_data", "07a_step", "07b_records", "07c_config", "08_train", "06a_packed", "08b_packed_train",
             "09_evaluate", "10_experiments", "99_api"} <= set(chapters)
 
 

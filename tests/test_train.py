@@ -1,7 +1,7 @@
 """fgr.train: configuration, command line, records, reuse, bad input, and bit-identical resumption after interruption.
 
 Everything here runs on a small synthetic CIFAR-10 folder (random PNGs in the layout of the offline data), so it needs
-no real data; the training on real CIFAR-10 is checked in nbs/08_train.ipynb."""
+no real data; the six recipes train on real CIFAR-10 in nbs/experiments/recipes.ipynb."""
 import dataclasses, json, os, signal, subprocess, sys, time
 from pathlib import Path
 import numpy as np
