@@ -68,3 +68,20 @@ def test_each_committed_result_is_an_alternative_record_with_a_supported_verdict
     else:
         ratio = 'fgr_step_ratio' if name == 'two_pass' else 'step_ratio'
         assert min(a[ratio] for a in r['archs'].values()) >= 1
+
+
+def test_torch_func_packing_computes_the_grouped_packs_gradients():
+    assert script('packed_func').agreement() < 1e-10
+
+
+@pytest.mark.parametrize('name', ['packed_training', 'packed_func', 'threads'])
+def test_each_packing_record_supports_its_verdict(name):
+    record = read_record(BENCHMARKS / f'{name}.json', 'alternative')
+    r, verdict = record['results'], record['verdict']
+    if name == 'packed_training':     # the experiments train one run at a time because packing does not pay here
+        assert verdict.startswith('does not pay') and min(g['ratio'] for g in r['groups'].values()) <= 1.1
+    elif name == 'packed_func':        # grouped convolutions are kept because torch.func is slower
+        assert verdict.startswith('dropped') and min(r[d]['torch_func_over_grouped'] for d in ('standard', 'fgr')) >= 1
+    else:                              # the grid's default: one-thread workers side by side
+        side, packed = 'two runs side by side, 1 thread each', 'two runs packed, 2 threads'
+        assert all(s[side] <= s[packed] for s in r['seconds'].values()) == verdict.startswith('two one-thread')
