@@ -8,7 +8,6 @@ __all__ = ['MEMBER_FIELDS', 'PENALISED', 'ATTACKED', 'check_pack', 'PackedObject
 
 # %% ../nbs/08b_packed_train.ipynb #4727b8c3
 import dataclasses, itertools, math, time
-from dataclasses import asdict
 from typing import NamedTuple
 import torch
 import torch.nn.functional as F
@@ -20,9 +19,9 @@ from .models import make_model
 from .packed import PackedModel, _block, member_state, pack
 from .penalties import _reduction
 from .step import optimizer_step
-from .train import (CHECKPOINT_FORMAT, DivergenceError, RunError, attack_seed, batches, config_hash, did_not_learn, fingerprint,
-                       lam_schedule, load_checkpoint, load_split, make_optimizer, random_flow, rng_states, run_dir, save_checkpoint,
-                       set_rng_states, _finish, _fix, _move_aside, _read_record, _resolve_device)
+from .train import (DivergenceError, RunError, attack_seed, batches, config_hash, end_epoch, fingerprint, lam_schedule,
+                       load_checkpoint, load_split, make_optimizer, random_flow, rng_states, run_dir, set_rng_states, _finish, _fix,
+                       _move_aside, _read_record, _resolve_device)
 
 # %% ../nbs/08b_packed_train.ipynb #7c4c0b2a
 MEMBER_FIELDS = ('defense', 'lam', 'lam_warmup_epochs', 'random_flow_std', 'seed', 'runs_dir', 'force', 'progress')   # what the members of a pack may differ in
@@ -186,16 +185,10 @@ def _train_group(cfgs, starts, xtr, ytr, xte, yte, data, device) -> list[dict]:
             stats = packed_epoch(pm, optimizer, xtr, ytr, cfgs, generators, epoch)
             scheduler.step()
             accuracies, seconds = packed_accuracy(pm, xte, yte), time.perf_counter() - start
-            for k, (c, st, state) in enumerate(zip(cfgs, stats, states)):
+            for k, (c, st, state) in enumerate(zip(cfgs, stats, states)):           # the seconds are the pack's
                 st.update(epoch=epoch, test_accuracy=accuracies[k], seconds=seconds)
-                print(f"epoch {epoch:>3}/{s.epochs}  {folders[k].name}  loss {st['loss']:.4f}  penalty {st['penalty']:.3e}  "
-                      f"train_acc {st['train_accuracy']:.4f}  test_acc {st['test_accuracy']:.4f}  {seconds:.1f}s (the pack)", flush=True)
-                if epoch >= 2 and did_not_learn(st['test_accuracy'], DATASETS[c.dataset]):
-                    print(f"warning: {folders[k].name}: test accuracy {st['test_accuracy']:.3f} after epoch {epoch} is near chance", flush=True)
-                state.update(epoch=epoch, history=state['history'] + [st], wall_time_s=state['wall_time_s'] + seconds)
-                save_checkpoint(folders[k] / 'checkpoint.pt', dict(format=CHECKPOINT_FORMAT, config_hash=hashes[k], data_fingerprint=data['fingerprint'],
-                    config=asdict(c), model=member_state(pm, k), optimizer=member_optimizer_state(pm, optimizer, k),
-                    scheduler=scheduler.state_dict(), rng=rng_states(generators[k]), **state))
+                end_epoch(c, state, st, folders[k] / 'checkpoint.pt', hashes[k], data, dict(model=member_state(pm, k),
+                          optimizer=member_optimizer_state(pm, optimizer, k), scheduler=scheduler.state_dict(), rng=rng_states(generators[k])), folders[k].name)
     except KeyboardInterrupt:
         print(f"interrupted in epoch {states[0]['epoch'] + 1}; each run's checkpoint after epoch {states[0]['epoch']} is in its folder: run again to resume")
         raise

@@ -8,7 +8,7 @@ __all__ = ['DEFENSES', 'SUBSET_SEED', 'NEAR_CHANCE', 'CHECKPOINT_FORMAT', 'GRAPH
            'train_step', 'make_optimizer', 'load_split', 'fingerprint', 'batches', 'evaluate_accuracy',
            'mean_flow_gradient_norm', 'did_not_learn', 'RunError', 'config_hash', 'run_dir', 'save_checkpoint',
            'load_checkpoint', 'rng_states', 'set_rng_states', 'lam_schedule', 'DivergenceError', 'make_stepper',
-           'train_epoch', 'train', 'build_parser', 'parse_config', 'main']
+           'train_epoch', 'train', 'end_epoch', 'build_parser', 'parse_config', 'main']
 
 # %% ../nbs/08_train.ipynb #23e5ac2d
 import argparse, builtins, dataclasses, functools, hashlib, json, math, os, signal, sys, time, typing
@@ -301,6 +301,16 @@ def _restore(ck:dict, model, optimizer, scheduler, generator, path:Path) -> dict
     return dict(epoch=ck['epoch'], history=list(ck['history']), wall_time_s=ck['wall_time_s'], resumed_at=list(ck['resumed_at']))
 
 # %% ../nbs/08_train.ipynb #5907cc72
+def end_epoch(cfg:TrainConfig, state:dict, stats:dict, path:Path, h:str, data:dict, tensors:dict, name:str=''):
+    "Log an epoch's `stats` (of the run `name`, if given), add them to the loop `state`, and checkpoint the run's `tensors` (model, optimizer, scheduler, rng) to `path`."
+    epoch, who = stats['epoch'], f"{name}  " if name else ''
+    print(f"epoch {epoch:>3}/{cfg.epochs}  {who}loss {stats['loss']:.4f}  penalty {stats['penalty']:.3e}  "
+          f"train_acc {stats['train_accuracy']:.4f}  test_acc {stats['test_accuracy']:.4f}  {stats['seconds']:.1f}s", flush=True)
+    if epoch >= 2 and did_not_learn(stats['test_accuracy'], DATASETS[cfg.dataset]):
+        print(f"warning: {who}test accuracy {stats['test_accuracy']:.3f} after epoch {epoch} is near chance ({1 / DATASETS[cfg.dataset]:.3f})", flush=True)
+    state.update(epoch=epoch, history=state['history'] + [stats], wall_time_s=state['wall_time_s'] + stats['seconds'])
+    save_checkpoint(path, dict(format=CHECKPOINT_FORMAT, config_hash=h, data_fingerprint=data['fingerprint'], config=asdict(cfg), **tensors, **state))
+
 def _fit(model, optimizer, scheduler, generator, state, xtr, ytr, xte, yte, cfg, h, data, ckpt_path):
     "The epochs from `state['epoch']` to `cfg.epochs`, each logged and checkpointed."
     step = make_stepper(model, optimizer, cfg)
@@ -309,14 +319,8 @@ def _fit(model, optimizer, scheduler, generator, state, xtr, ytr, xte, yte, cfg,
         stats = train_epoch(model, optimizer, xtr, ytr, cfg, generator, epoch, step, f"epoch {epoch}/{cfg.epochs}")
         scheduler.step()
         stats.update(epoch=epoch, test_accuracy=evaluate_accuracy(model, xte, yte), seconds=time.perf_counter() - start)
-        print(f"epoch {epoch:>3}/{cfg.epochs}  loss {stats['loss']:.4f}  penalty {stats['penalty']:.3e}  "
-              f"train_acc {stats['train_accuracy']:.4f}  test_acc {stats['test_accuracy']:.4f}  {stats['seconds']:.1f}s", flush=True)
-        if epoch >= 2 and did_not_learn(stats['test_accuracy'], DATASETS[cfg.dataset]):
-            print(f"warning: test accuracy {stats['test_accuracy']:.3f} after epoch {epoch} is near chance ({1 / DATASETS[cfg.dataset]:.3f})", flush=True)
-        state.update(epoch=epoch, history=state['history'] + [stats], wall_time_s=state['wall_time_s'] + stats['seconds'])
-        save_checkpoint(ckpt_path, dict(format=CHECKPOINT_FORMAT, config_hash=h, data_fingerprint=data['fingerprint'], config=asdict(cfg),
-                                        model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                                        rng=rng_states(generator), **state))
+        end_epoch(cfg, state, stats, ckpt_path, h, data, dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
+                                                              scheduler=scheduler.state_dict(), rng=rng_states(generator)))
 
 # %% ../nbs/08_train.ipynb #a9cc8fbd
 def _finish(model, state, xte, yte, cfg, h, data, device, folder, record_path, extra:dict|None=None) -> dict:

@@ -14,7 +14,6 @@ from fgr.train import run_dir
 REPO = Path(__file__).resolve().parents[1]
 ROWS = ['cifar10-vgg11-standard', 'cifar10-vgg11-fgr-700', 'cifar10-vgg11-igr-5000']
 CORES = len(os.sched_getaffinity(0))
-PAGE_EVALUATIONS = {json.dumps(e, sort_keys=True) for e in page_evaluations(get_profile('tiny'))}   # each is one record
 # What the profiles written here evaluate: little of everything, so that a task's evaluations take seconds.
 SMALL = dict(width=1 / 16, test_limit=64, eval_images=16, figure2_epsilons=[], figure2_cs=[], unseen_images=8,
              rotation_levels=[[30., 3.]], elastic_px=[1.], adef_budgets_px=[1.],
@@ -24,6 +23,25 @@ SMALL = dict(width=1 / 16, test_limit=64, eval_images=16, figure2_epsilons=[], f
 @pytest.fixture(autouse=True)
 def _data():
     cifar_or_skip('cifar10', 'test', n=1)
+
+
+@pytest.fixture(scope='module')
+def small(tmp_path_factory) -> str:
+    "The tiny profile's three ROWS, trained as tiny trains them and evaluated with every page's evaluations, on fewer images."
+    cifar_or_skip('cifar10', 'test', n=1)                     # module-scoped: before the autouse check above
+    path = tmp_path_factory.mktemp('profiles') / 'small.json'
+    rows = [list(find_row(get_profile('tiny'), r)) for r in ROWS]
+    path.write_text(json.dumps(dict(name='small', rows=rows, epochs=1, milestones=[], train_limit=512, lam_warmup_epochs=0.5, **SMALL)))
+    return str(path)
+
+
+@pytest.fixture(scope='module')
+def serial(small, tmp_path_factory) -> Path:
+    "The ROWS of `small` run one after another by one worker: what the other engines must reproduce."
+    runs = tmp_path_factory.mktemp('serial')
+    out = grid(runs, '--profile', small, '--rows', *ROWS, '--workers', '1', '--threads', '1')
+    assert out.returncode == 0, out.stderr
+    return runs
 
 
 def grid(runs: Path, *args, wait=True):
@@ -49,24 +67,24 @@ def same_run(a: Path, b: Path):
     assert evals(a) == evals(b) and evals(a)
 
 
-def test_two_local_workers_give_the_runs_of_one_after_another(tmp_path):
-    parallel = grid(tmp_path / 'parallel', '--profile', 'tiny', '--rows', *ROWS, '--workers', str(min(2, CORES)), '--threads', '1')
-    serial = grid(tmp_path / 'serial', '--profile', 'tiny', '--rows', *ROWS, '--workers', '1', '--threads', '1')
-    assert parallel.returncode == 0 and serial.returncode == 0, parallel.stderr + serial.stderr
+def test_two_local_workers_give_the_runs_of_one_after_another(tmp_path, small, serial):
+    parallel = grid(tmp_path / 'parallel', '--profile', small, '--rows', *ROWS, '--workers', str(min(2, CORES)), '--threads', '1')
+    assert parallel.returncode == 0, parallel.stderr
+    evaluations = {json.dumps(e, sort_keys=True) for e in page_evaluations(get_profile(small))}   # each is one record
     for row in ROWS:
         assert f"{row}" in parallel.stdout and 'done' in parallel.stdout
-        same_run(run_folder(tmp_path / 'parallel', 'tiny', row), run_folder(tmp_path / 'serial', 'tiny', row))
-        assert len(list((run_folder(tmp_path / 'parallel', 'tiny', row) / 'eval').glob('*.json'))) == len(PAGE_EVALUATIONS)   # all the pages read
+        same_run(run_folder(tmp_path / 'parallel', small, row), run_folder(serial, small, row))
+        assert len(list((run_folder(tmp_path / 'parallel', small, row) / 'eval').glob('*.json'))) == len(evaluations)   # all the pages read
 
 
-def test_two_launches_at_once_train_every_row_exactly_once(tmp_path):
+def test_two_launches_at_once_train_every_row_exactly_once(tmp_path, small):
     runs = tmp_path / 'runs'
-    first, second = (grid(runs, '--profile', 'tiny', '--rows', *ROWS[:2], '--workers', '1', '--threads', '1', wait=False) for _ in range(2))
+    first, second = (grid(runs, '--profile', small, '--rows', *ROWS[:2], '--workers', '1', '--threads', '1', wait=False) for _ in range(2))
     assert first.wait(600) == 0 and second.wait(600) == 0, first.stderr.read() + second.stderr.read()
-    logs = [p.read_text() for p in (runs / 'grid-logs' / 'tiny').glob('*/*.log')]
+    logs = [p.read_text() for p in (runs / 'grid-logs' / 'small').glob('*/*.log')]
     assert len(logs) == 4
     for row in ROWS[:2]:
-        mine = [l for l, p in zip(logs, (runs / 'grid-logs' / 'tiny').glob('*/*.log')) if p.stem == row]
+        mine = [l for l, p in zip(logs, (runs / 'grid-logs' / 'small').glob('*/*.log')) if p.stem == row]
         assert sum('epoch   1/1' in l for l in mine) == 1 and sum('reusing the finished run' in l for l in mine) == 1, mine
 
 
@@ -114,11 +132,10 @@ def ray_installed():
     pytest.importorskip('ray', reason="ray is an optional extra: make grid-deps installs it (make test does)")
 
 
-def test_ray_gives_the_runs_of_one_after_another(tmp_path, ray_installed):
-    out = grid(tmp_path / 'ray', '--profile', 'tiny', '--rows', *ROWS[:2], '--engine', 'ray', '--threads', '1')
-    serial = grid(tmp_path / 'serial', '--profile', 'tiny', '--rows', *ROWS[:2], '--workers', '1', '--threads', '1')
-    assert out.returncode == 0 and serial.returncode == 0, out.stderr[-2000:] + serial.stderr[-2000:]
-    for row in ROWS[:2]: same_run(run_folder(tmp_path / 'ray', 'tiny', row), run_folder(tmp_path / 'serial', 'tiny', row))
+def test_ray_gives_the_runs_of_one_after_another(tmp_path, ray_installed, small, serial):
+    out = grid(tmp_path / 'ray', '--profile', small, '--rows', *ROWS[:2], '--engine', 'ray', '--threads', '1')
+    assert out.returncode == 0, out.stderr[-2000:]
+    for row in ROWS[:2]: same_run(run_folder(tmp_path / 'ray', small, row), run_folder(serial, small, row))
 
 
 def test_a_killed_ray_worker_is_retried_and_resumes_to_the_same_weights(tmp_path, ray_installed):
