@@ -10,8 +10,14 @@ become what myst-nb understands (`#| hide` and `#| default_exp` cells get the `r
 readers); the code of an experiment page goes behind a toggle (`hide-input`), so that the page leads with its results,
 while library chapters keep their code in view, since they teach it; and papermill's parameter cells give way to one
 line, the parameters and the command that reruns the page (a chapter without parameters gets the command at its end).
+
+The notebooks run `--workers` at a time (default: one per core, at most four), each kernel with cores / workers compute
+threads, so that the build never runs more threads than cores: first the row pages, whose tasks write the records,
+then everything else, which only reads them.
 """
-import argparse, hashlib, json, re, shlex, sys
+import argparse, hashlib, json, os, re, shlex, sys
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import nbformat
@@ -108,11 +114,22 @@ def execute_chapter(src: Path, dst: Path, parameters: dict, digest: str) -> bool
     return ran
 
 
+def run_job(job: tuple, digest: str) -> None:
+    "`execute_chapter` for one (source, page, parameters) job, in a worker process; says what it did."
+    src, dst, parameters = job
+    ran = execute_chapter(src, dst, parameters, digest)
+    print(f"{'executed' if ran else 'up to date'}: {src.relative_to(ROOT)} {parameters or ''} -> {dst.relative_to(ROOT)}", flush=True)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--profile', default='mini', help='experiment profile: tiny, mini or paper')
     p.add_argument('--device', default='cpu', help='device for experiment notebooks: cpu or cuda')
+    p.add_argument('--workers', type=int, default=min(4, len(os.sched_getaffinity(0))), help='notebooks run at once (default: one per core, at most 4)')
     args = p.parse_args(argv)
+    if args.workers < 1: sys.exit(f"--workers must be at least 1, got {args.workers}")
+    threads = str(max(1, len(os.sched_getaffinity(0)) // args.workers))
+    os.environ.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)   # the kernels inherit it: never more threads than cores
     from fgr.experiments import get_profile, row_id
     digest, profile = package_digest(), get_profile(args.profile)
     params = dict(profile=profile.name, device=args.device)
@@ -126,10 +143,12 @@ def main(argv=None):
             jobs.append((ROOT / 'nbs' / 'experiments' / target.name, target, params))
     for stale in (ROOT / 'book' / 'experiments' / 'runs').glob('*.ipynb'):
         if stale not in [dst for _, dst, _ in jobs]: stale.unlink()     # a row of another profile
-    for src, dst, parameters in jobs:
+    for src, dst, _ in jobs:
         if not src.exists(): sys.exit(f"_toc.yml names {dst.relative_to(ROOT)}, but there is no notebook {src}")
-        ran = execute_chapter(src, dst, parameters, digest)
-        print(f"{'executed' if ran else 'up to date'}: {src.relative_to(ROOT)} {parameters or ''} -> {dst.relative_to(ROOT)}", flush=True)
+    rows = len(profile.rows)
+    with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context('spawn')) as pool:   # processes: papermill changes the cwd
+        for phase in (jobs[:rows], jobs[rows:]):          # the row pages write the records the other pages read
+            list(pool.map(run_job, phase, [digest] * len(phase)))   # re-raises the first failure
 
 
 if __name__ == '__main__':
