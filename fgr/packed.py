@@ -70,7 +70,7 @@ def _block(how:str, t:torch.Tensor, k:int, n:int) -> torch.Tensor:
 
 def member_state(pm:PackedModel, k:int) -> dict:
     "Member `k`'s state dict, as a model of the original architecture holds it (copies)."
-    return {name: _block(pm.how.get(name, 'cat'), t, k, pm.k).clone() for name, t in pm.net.state_dict().items()}
+    return {name: _block(pm.how[name], t, k, pm.k).clone() for name, t in pm.net.state_dict().items()}
 
 @torch.no_grad()
 def load_member(pm:PackedModel, k:int, state:dict):
@@ -78,7 +78,7 @@ def load_member(pm:PackedModel, k:int, state:dict):
     own = pm.net.state_dict()
     if set(state) != set(own): raise ValueError(f"the state does not fit member {k} of the pack: {sorted(set(state) ^ set(own))[:3]} differ")
     for name, t in state.items():
-        block = _block(pm.how.get(name, 'cat'), own[name], k, pm.k)
+        block = _block(pm.how[name], own[name], k, pm.k)
         if block.shape != t.shape: raise ValueError(f"{name} has shape {tuple(t.shape)}; member {k} of the pack holds {tuple(block.shape)}")
         block.copy_(t)
 

@@ -19,9 +19,9 @@ from .models import make_model
 from .packed import PackedModel, _block, member_state, pack
 from .penalties import _reduction
 from .step import optimizer_step
-from .train import (DivergenceError, RunError, attack_seed, batches, config_hash, end_epoch, fingerprint, lam_schedule,
-                       load_checkpoint, load_split, make_optimizer, random_flow, rng_states, run_dir, set_rng_states, _finish, _fix,
-                       _move_aside, _read_record, _resolve_device)
+from .train import (DivergenceError, RunError, attack_seed, batches, config_hash, end_epoch, fingerprint, load_checkpoint,
+                       load_split, make_optimizer, random_flow, rng_states, run_dir, set_rng_states, step_config, _finish, _fix,
+                       _in_eval_mode, _move_aside, _read_record, _resolve_device)
 
 # %% ../nbs/08b_packed_train.ipynb #7c4c0b2a
 MEMBER_FIELDS = ('defense', 'lam', 'lam_warmup_epochs', 'random_flow_std', 'seed', 'runs_dir', 'force', 'progress')   # what the members of a pack may differ in
@@ -109,8 +109,7 @@ def packed_epoch(pm:PackedModel, optimizer:torch.optim.Optimizer, x:torch.Tensor
     for i in range(steps):
         idx = [o[i].to(x.device) for o in orders]
         xb, yb = torch.cat([augment(x[j], generator=g) for j, g in zip(idx, generators)]), torch.cat([y[j] for j in idx])
-        step_cfgs = [c if c.lam_warmup_epochs == 0 else dataclasses.replace(c, lam=lam_schedule(c, (epoch - 1) * steps + i, steps)) for c in cfgs]
-        out = optimizer_step(pm, optimizer, packed_objective, xb, yb, step_cfgs)
+        out = optimizer_step(pm, optimizer, packed_objective, xb, yb, [step_config(c, (epoch - 1) * steps + i, steps) for c in cfgs])
         n = len(idx[0])
         total += torch.stack([out.losses.double() * n, out.penalties.double() * n, (out.logits.argmax(1) == yb).view(k, n).sum(1).double()], 1)
         bad = torch.where((bad < 0) & ~torch.isfinite(out.losses), i, bad)
@@ -119,15 +118,14 @@ def packed_epoch(pm:PackedModel, optimizer:torch.optim.Optimizer, x:torch.Tensor
         raise DivergenceError(f"non-finite loss in epoch {epoch} of {names}; the checkpoints after epoch {epoch - 1} are kept")
     return [dict(loss=l / len(x), penalty=p / len(x), train_accuracy=c / len(x)) for l, p, c in total.tolist()]
 
+@_in_eval_mode
 @torch.no_grad()
 def packed_accuracy(pm:PackedModel, x:torch.Tensor, y:torch.Tensor, batch_size:int=1000) -> list[float]:
     "Each member's accuracy on the same images `x` (B, C, H, W) in [0, 1], in eval mode."
-    was_training, correct = pm.training, torch.zeros(pm.k, device=x.device)
-    pm.eval()
+    correct = torch.zeros(pm.k, device=x.device)
     for i in range(0, len(x), batch_size):
         xb, yb = x[i:i + batch_size], y[i:i + batch_size]
         correct += (pm(xb.repeat(pm.k, 1, 1, 1)).argmax(1).view(pm.k, -1) == yb).sum(1)
-    pm.train(was_training)
     return (correct / len(x)).tolist()
 
 # %% ../nbs/08b_packed_train.ipynb #ptfe47bb

@@ -7,8 +7,8 @@ __all__ = ['DEFENSES', 'SUBSET_SEED', 'NEAR_CHANCE', 'CHECKPOINT_FORMAT', 'GRAPH
            'adversarial_training', 'adversarial_deformation', 'adt', 'igr', 'random_flow', 'fgr', 'fgr_adt',
            'train_step', 'make_optimizer', 'load_split', 'fingerprint', 'batches', 'evaluate_accuracy',
            'mean_flow_gradient_norm', 'did_not_learn', 'RunError', 'config_hash', 'run_dir', 'save_checkpoint',
-           'load_checkpoint', 'rng_states', 'set_rng_states', 'lam_schedule', 'DivergenceError', 'make_stepper',
-           'train_epoch', 'train', 'end_epoch', 'build_parser', 'parse_config', 'main']
+           'load_checkpoint', 'rng_states', 'set_rng_states', 'lam_schedule', 'step_config', 'DivergenceError',
+           'make_stepper', 'train_epoch', 'train', 'end_epoch', 'build_parser', 'parse_config', 'main']
 
 # %% ../nbs/08_train.ipynb #23e5ac2d
 import argparse, builtins, dataclasses, functools, hashlib, json, math, os, signal, sys, time, typing
@@ -200,6 +200,10 @@ def lam_schedule(cfg:TrainConfig, step:int, steps_per_epoch:int) -> float:
     if cfg.lam_warmup_epochs == 0: return cfg.lam
     return cfg.lam * min(1.0, step / (cfg.lam_warmup_epochs * steps_per_epoch))
 
+def step_config(cfg:TrainConfig, step:int, steps_per_epoch:int) -> TrainConfig:
+    "`cfg` with λ as `lam_schedule` sets it at training step `step` (`cfg` itself when λ does not warm up)."
+    return cfg if cfg.lam_warmup_epochs == 0 else dataclasses.replace(cfg, lam=lam_schedule(cfg, step, steps_per_epoch))
+
 # %% ../nbs/08_train.ipynb #0eb691e7
 def _resolve_device(name:str) -> torch.device:
     return torch.device('cuda' if torch.cuda.is_available() else 'cpu') if name == 'auto' else torch.device(name)
@@ -247,8 +251,7 @@ def train_epoch(model:nn.Module, optimizer:torch.optim.Optimizer, x:torch.Tensor
     bar = tqdm(prefetched(cut, batches(len(x), cfg.batch_size, generator), device), total=steps, desc=desc or f"epoch {epoch}",
                leave=False, disable=not cfg.progress, file=sys.stderr)
     for i, (xb, yb) in enumerate(bar):
-        step_cfg = cfg if cfg.lam_warmup_epochs == 0 else dataclasses.replace(cfg, lam=lam_schedule(cfg, (epoch - 1) * steps + i, steps))
-        out = step(xb, yb, step_cfg)
+        out = step(xb, yb, step_config(cfg, (epoch - 1) * steps + i, steps))
         total += torch.stack([out.loss.double() * len(xb), out.penalty.double() * len(xb), (out.logits.argmax(1) == yb).sum().double()])
         first = (bad_step < 0) & ~torch.isfinite(out.loss)
         bad_step, bad_loss = torch.where(first, i, bad_step), torch.where(first, out.loss, bad_loss)
