@@ -64,7 +64,7 @@ check-clean: $(STAMP)
 	  if ! diff -r -q nbs $$tmp/nbs -x .ipynb_checkpoints; then echo "notebooks are not clean: run nbdev_clean"; rm -rf $$tmp; exit 1; fi; rm -rf $$tmp
 
 pytest: $(STAMP)
-	$(BIN)/python -m pytest tests -q -p no:cacheprovider
+	$(BIN)/python -m pytest tests -q -p no:cacheprovider --durations=25
 
 nbtest: $(STAMP)
 	$(BIN)/nbdev_test --n_workers 2 --do_print
