@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['VGG11_LAYERS', 'ARCHITECTURES', 'check_model_args', 'scaled', 'VGG', 'vgg11', 'BasicBlock', 'ResNet', 'resnet18',
-           'make_model']
+           'make_model', 'small_cnn', 'train_small_cnn']
 
 # %% ../nbs/06_models.ipynb #3fc82033
 import math
@@ -88,3 +88,26 @@ def make_model(arch:str, num_classes:int=10, width:float=1.0) -> nn.Module:
     "The model `arch` ('vgg11' | 'resnet18') with `num_classes` outputs and width multiplier `width`."
     if arch not in ARCHITECTURES: raise ValueError(f"unknown architecture {arch!r}; valid architectures: {', '.join(ARCHITECTURES)}")
     return ARCHITECTURES[arch](num_classes=num_classes, width=width)
+
+# %% ../nbs/06_models.ipynb #sm0a1b2d
+def small_cnn(num_classes:int=10) -> nn.Module:
+    "Three conv–BatchNorm–ReLU blocks and a linear head: a CPU-sized standard model for 32 × 32 images."
+    check_model_args(num_classes, 1.0)
+    block = lambda i, o, s: [nn.Conv2d(i, o, 3, stride=s, padding=1), nn.BatchNorm2d(o), nn.ReLU()]
+    return nn.Sequential(*block(3, 16, 2), *block(16, 32, 1), nn.MaxPool2d(2), *block(32, 64, 1), nn.MaxPool2d(2),
+                         nn.Flatten(), nn.Linear(64 * 16, num_classes))
+
+def train_small_cnn(x:torch.Tensor, y:torch.Tensor, num_classes:int=10, epochs:int=4, seed:int=0, batch_size:int=100, lr:float=3e-3) -> nn.Module:
+    "`small_cnn` trained with Adam on images `x` (floats in [0, 1], N × 3 × 32 × 32) and labels `y`, seeded; returned in eval mode."
+    if x.ndim != 4 or x.shape[1:] != (3, 32, 32) or not x.is_floating_point():
+        raise ValueError(f"x must be float images of shape N × 3 × 32 × 32, got {tuple(x.shape)} {x.dtype}")
+    if y.shape != (len(x),): raise ValueError(f"y must hold one label per image: {len(x)} images, labels of shape {tuple(y.shape)}")
+    if len(y) and (y.min() < 0 or y.max() >= num_classes): raise ValueError(f"labels must lie in 0 … {num_classes - 1}, got {y.min()} … {y.max()}")
+    if epochs < 1: raise ValueError(f"epochs must be at least 1, got {epochs}")
+    torch.manual_seed(seed)
+    net, g = small_cnn(num_classes).to(x.device), torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(net.parameters(), lr)
+    for _ in range(epochs):
+        for b in torch.randperm(len(x), generator=g).split(batch_size):
+            opt.zero_grad(); F.cross_entropy(net(x[b]), y[b]).backward(); opt.step()
+    return net.eval()

@@ -4,9 +4,9 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from conftest import cifar_or_skip
 from fgr.data import to_float
+from fgr.models import train_small_cnn
 from fgr.warp import warp
 from fgr.gradients import flow_gradient
 from fgr.attacks import (single_step, multi_step, optimization_based, gradient_free, pgd_linf, AttackResult,
@@ -16,12 +16,6 @@ FLOW_ATTACKS = {'SS': single_step, 'MS': multi_step, 'OB': optimization_based, '
 ALL_ATTACKS = {**FLOW_ATTACKS, 'PGD': pgd_linf}
 FAST = {'SS': {}, 'MS': {'iterations': 3}, 'OB': {'iterations': 3}, 'GF': {'iterations': 2, 'population': 3},
         'PGD': {'iterations': 3}}   # cheap settings for tests that are not about strength
-
-
-def small_cnn() -> nn.Module:
-    block = lambda i, o, s: [nn.Conv2d(i, o, 3, stride=s, padding=1), nn.BatchNorm2d(o), nn.ReLU()]
-    return nn.Sequential(*block(3, 16, 2), *block(16, 32, 1), nn.MaxPool2d(2), *block(32, 64, 1), nn.MaxPool2d(2),
-                         nn.Flatten(), nn.Linear(64 * 16, 10))
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -35,15 +29,9 @@ def one_thread():
 
 @pytest.fixture(scope='module')
 def model(one_thread):
-    "The chapter's standard model: `small_cnn` trained with Adam for 6 epochs on 5,000 real CIFAR-10 images, seeded."
+    "A standard model: `small_cnn` trained with Adam for 6 epochs on 5,000 real CIFAR-10 images, seeded."
     x, y = cifar_or_skip('cifar10', 'train', n=5000, seed=0)
-    torch.manual_seed(0)
-    x, net, g = to_float(x), small_cnn(), torch.Generator().manual_seed(0)
-    opt = torch.optim.Adam(net.parameters(), 3e-3)
-    for _ in range(6):
-        for b in torch.randperm(len(x), generator=g).split(100):
-            opt.zero_grad(); F.cross_entropy(net(x[b]), y[b]).backward(); opt.step()
-    return net.eval()
+    return train_small_cnn(to_float(x), y, epochs=6)
 
 
 @pytest.fixture(scope='module')

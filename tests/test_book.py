@@ -42,7 +42,7 @@ def chapters():
     return {p.stem: page(p) for p in CHAPTERS}
 
 
-EXPERIMENTS = ('table1', 'tradeoff', 'figure2', 'figure3', 'unseen', 'theory', 'cost')
+EXPERIMENTS = ('attacks', 'table1', 'tradeoff', 'figure2', 'figure3', 'unseen', 'theory', 'cost')
 
 
 def test_reproduction_pages_are_in_the_book(chapters):
