@@ -123,7 +123,7 @@ def test_an_unwritable_runs_directory_is_refused(tmp_path):
 def slow_profile(tmp_path: Path) -> Path:
     "A one-row profile whose training lasts long enough (several epochs) to be killed in the middle."
     path = tmp_path / 'slow.json'
-    path.write_text(json.dumps(dict(name='slow', rows=[['cifar10', 'vgg11', 'standard', None]], epochs=6, milestones=[4], train_limit=4096, **SMALL)))
+    path.write_text(json.dumps(dict(name='slow', rows=[['cifar10', 'vgg11', 'standard', None]], epochs=3, milestones=[2], train_limit=2048, **SMALL)))
     return path
 
 
