@@ -1,5 +1,9 @@
-"""fgr.attacks: budgets, strength ordering on a small standard model trained on real CIFAR-10, the balancing
-parameter, gradient-free means no gradients, the model left untouched, determinism, query counts and bad input."""
+"""fgr.attacks: budgets, gradient-free means no gradients, the model left untouched, determinism, query counts and bad
+input, on a small model trained briefly on real CIFAR-10.
+
+How strong each attack is (Table 1's ordering against a random flow, OB's balancing parameter, GF well below clean) is
+asserted on the reproduction page nbs/experiments/attacks.ipynb, which `make test` executes: it trains its own standard
+model, so the tests do not train a second one for the same checks."""
 import copy
 import pytest
 import torch
@@ -9,8 +13,8 @@ from fgr.data import to_float
 from fgr.models import train_small_cnn
 from fgr.warp import warp
 from fgr.gradients import flow_gradient
-from fgr.attacks import (single_step, multi_step, optimization_based, gradient_free, pgd_linf, AttackResult,
-                         FlowLinf, BestSuccessful, flow_smoothness, margin_loss, make_generator)
+from fgr.attacks import (single_step, multi_step, optimization_based, gradient_free, pgd_linf,
+                         BestSuccessful, flow_smoothness, margin_loss)
 
 FLOW_ATTACKS = {'SS': single_step, 'MS': multi_step, 'OB': optimization_based, 'GF': gradient_free}
 ALL_ATTACKS = {**FLOW_ATTACKS, 'PGD': pgd_linf}
@@ -29,9 +33,9 @@ def one_thread():
 
 @pytest.fixture(scope='module')
 def model(one_thread):
-    "A standard model: `small_cnn` trained with Adam for 6 epochs on 5,000 real CIFAR-10 images, seeded."
-    x, y = cifar_or_skip('cifar10', 'train', n=5000, seed=0)
-    return train_small_cnn(to_float(x), y, epochs=6)
+    "A model that classifies some images: `small_cnn` trained with Adam for 2 epochs on 2,000 real CIFAR-10 images, seeded."
+    x, y = cifar_or_skip('cifar10', 'train', n=2000, seed=0)
+    return train_small_cnn(to_float(x), y, epochs=2)
 
 
 @pytest.fixture(scope='module')
@@ -40,19 +44,11 @@ def data():
     return to_float(x), y
 
 
-def accuracy(model, x, y):
-    with torch.no_grad(): return (model(x).argmax(1) == y).float().mean().item()
-
-
 def correctly_classified(model, data, n):
     "The first `n` images (and labels) that the model gets right: the ones an attack has work to do on."
     x, y = data
     with torch.no_grad(): keep = (model(x).argmax(1) == y).nonzero()[:n, 0]
     return x[keep], y[keep]
-
-
-def under(result: AttackResult) -> float:
-    return 1 - result.success.float().mean().item()
 
 
 def test_budgets_ranges_and_success(model, data):
@@ -68,29 +64,6 @@ def test_budgets_ranges_and_success(model, data):
         assert r.x_adv.min() >= 0 and r.x_adv.max() <= 1 and r.success.dtype == torch.bool
         with torch.no_grad(): assert torch.equal(r.success, model(r.x_adv).argmax(1) != y[:len(r.x_adv)])
         if r.flow is not None: torch.testing.assert_close(r.x_adv, warp(x[:len(r.x_adv)], r.flow).clamp(0, 1))
-
-
-def test_strength_ordering(model, data):
-    x, y = data
-    clean, ss = accuracy(model, x, y), under(single_step(model, x, y))
-    ms20, ms7 = under(multi_step(model, x, y)), under(multi_step(model, x, y, iterations=7))
-    random = accuracy(model, warp(x, FlowLinf(0.01, 0).init(x, make_generator(0, 'cpu'))), y)
-    assert clean > 0.4, f"the test model is too weak to say anything (clean accuracy {clean:.2f})"
-    assert ms20 <= ss <= clean and ms20 <= ms7
-    assert ms20 < random - 0.25, (ms20, random)
-
-
-def test_ob_success_falls_as_c_grows(model, data):
-    x, y = data[0][:40], data[1][:40]
-    rates = [optimization_based(model, x, y, c=c).success.float().mean().item() for c in (10, 1000, 10240)]
-    assert rates[0] >= rates[1] >= rates[2] and rates[2] < rates[0] - 0.3, rates
-
-
-def test_gf_lowers_accuracy_well_below_clean(model, data):
-    x, y = data[0][:40], data[1][:40]
-    r = gradient_free(model, x, y, iterations=25)
-    assert r.queries == 1 + 25 * 20 + 1
-    assert under(r) < accuracy(model, x, y) - 0.25
 
 
 class Spy(nn.Module):
