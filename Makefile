@@ -23,7 +23,7 @@ UV_INSTALL  := $(UV) pip install -q --compile-bytecode --python $(BIN)/python $(
                $(if $(PIP_INDEXES),--index-strategy unsafe-best-match)
 $(STAMP): requirements.txt settings.ini setup.py
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	test -x $(UV) || $(BIN)/pip install -q --disable-pip-version-check 'uv==0.13.9' 2>&1 | grep -v "is ignored: it is neither" || true
+	test -x $(UV) || $(BIN)/pip install -q --disable-pip-version-check 'uv==0.13.9'
 	$(UV_INSTALL) -r requirements.txt
 	$(UV_INSTALL) --no-deps --no-build-isolation --config-settings editable_mode=compat -e .
 	$(BIN)/python -c "import torch, nbdev, jupyter_book, papermill; assert torch.__version__.startswith('2.14.1'), torch.__version__"

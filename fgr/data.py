@@ -8,7 +8,7 @@ __all__ = ['DATASETS', 'SPLITS', 'CIFAR10_CLASSES', 'TORCHVISION_DIRS', 'AUTHORS
            'resize', 'center_crop', 'authors_augment', 'authors_test', 'check_pipeline']
 
 # %% ../nbs/00_data.ipynb #09080ea9
-import hashlib, os, time
+import hashlib, os
 from pathlib import Path
 import numpy as np
 import torch

@@ -11,6 +11,8 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from .gradients import check_labels
+from .warp import check_images
 
 # %% ../nbs/06_models.ipynb #3076eb5b
 def check_model_args(num_classes:int, width:float):
@@ -99,10 +101,9 @@ def small_cnn(num_classes:int=10) -> nn.Module:
 
 def train_small_cnn(x:torch.Tensor, y:torch.Tensor, num_classes:int=10, epochs:int=4, seed:int=0, batch_size:int=100, lr:float=3e-3) -> nn.Module:
     "`small_cnn` trained with Adam on images `x` (floats in [0, 1], N × 3 × 32 × 32) and labels `y`, seeded; returned in eval mode."
-    if x.ndim != 4 or x.shape[1:] != (3, 32, 32) or not x.is_floating_point():
-        raise ValueError(f"x must be float images of shape N × 3 × 32 × 32, got {tuple(x.shape)} {x.dtype}")
-    if y.shape != (len(x),): raise ValueError(f"y must hold one label per image: {len(x)} images, labels of shape {tuple(y.shape)}")
-    if len(y) and (y.min() < 0 or y.max() >= num_classes): raise ValueError(f"labels must lie in 0 … {num_classes - 1}, got {y.min()} … {y.max()}")
+    check_images(x)
+    if x.shape[1:] != (3, 32, 32): raise ValueError(f"x must be images of shape N × 3 × 32 × 32, got {tuple(x.shape)}")
+    check_labels(y, x, num_classes)
     if epochs < 1: raise ValueError(f"epochs must be at least 1, got {epochs}")
     torch.manual_seed(seed)
     net, g = small_cnn(num_classes).to(x.device), torch.Generator().manual_seed(seed)

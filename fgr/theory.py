@@ -8,7 +8,7 @@ __all__ = ['one_sided_flow_gradient', 'taylor_errors', 'unit_flows', 'holder_rat
 # %% ../nbs/04_theory.ipynb #0a04088b
 import torch
 import torch.nn as nn
-from .warp import warp, pixels_to_flow
+from .warp import warp
 from .gradients import classification_loss, flow_gradient, input_gradient, forward_differences
 
 # %% ../nbs/04_theory.ipynb #c2df6a3a

@@ -178,10 +178,10 @@ def load_checkpoint(path:Path, config_hash:str, data_fingerprint:str) -> dict:
     "The checkpoint at `path`, verified to be readable and to belong to this configuration and data; else a `RunError`."
     try: state = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e: raise RunError(f"cannot read the checkpoint ({type(e).__name__}: {str(e)[:200]}); " + _fix('the checkpoint', path)) from e
-    if not isinstance(state, dict) or state.get('format') != CHECKPOINT_FORMAT: raise RunError(f"not an fgr checkpoint; " + _fix('the file', path))
+    if not isinstance(state, dict) or state.get('format') != CHECKPOINT_FORMAT: raise RunError("not an fgr checkpoint; " + _fix('the file', path))
     if state['config_hash'] != config_hash:
         raise RunError(f"the checkpoint belongs to configuration {state['config_hash'][:12]}, not {config_hash[:12]}; " + _fix('the checkpoint', path))
-    if state['data_fingerprint'] != data_fingerprint: raise RunError(f"the checkpoint was trained on different data; " + _fix('the checkpoint', path))
+    if state['data_fingerprint'] != data_fingerprint: raise RunError("the checkpoint was trained on different data; " + _fix('the checkpoint', path))
     return state
 
 # %% ../nbs/08_train.ipynb #d90474bd
@@ -212,9 +212,9 @@ def _read_record(path:Path, config_hash:str, data_fingerprint:str) -> dict:
     "The finished run's record at `path`, verified to belong to this configuration and data."
     try: record = read_record(path, 'run')
     except RecordError as e: raise RunError(f"{e}; " + _fix('the record', path)) from e
-    if record.get('config_hash') != config_hash: raise RunError(f"the record belongs to another configuration; " + _fix('the record', path))
+    if record.get('config_hash') != config_hash: raise RunError("the record belongs to another configuration; " + _fix('the record', path))
     if record.get('data', {}).get('fingerprint') != data_fingerprint:
-        raise RunError(f"the finished run was trained on different data; " + _fix('the record', path))
+        raise RunError("the finished run was trained on different data; " + _fix('the record', path))
     return record
 
 def _move_aside(folder:Path) -> Path:
@@ -346,7 +346,7 @@ def _cli_type(hint):
 
 def build_parser() -> argparse.ArgumentParser:
     "The argument parser of `python -m fgr.train`, one option per `TrainConfig` field."
-    p = argparse.ArgumentParser(prog='python -m fgr.train', description=f"Train a model with one of the six defences of Xia & Li (2021). "
+    p = argparse.ArgumentParser(prog='python -m fgr.train', description="Train a model with one of the six defences of Xia & Li (2021). "
                                 "Defaults are the paper's; each finished run writes <runs_dir>/<run>/record.json.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     hints = typing.get_type_hints(TrainConfig)
