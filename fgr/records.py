@@ -7,7 +7,7 @@ __all__ = ['LEGACY', 'NUMBER', 'SCHEMAS', 'Schema', 'record_format', 'RecordErro
            'read_record', 'add_correction', 'corrected_provenance', 'commit_note']
 
 # %% ../nbs/07b_records.ipynb #9af98433
-import json, os, platform, subprocess
+import importlib, importlib.util, json, os, platform, re, subprocess
 from dataclasses import dataclass
 from pathlib import Path
 import torch
@@ -75,14 +75,22 @@ def _git(*args) -> str|None:
     try: return subprocess.run(['git', *args], cwd=Path(fgr_package.__file__).parent, capture_output=True, text=True, timeout=10).stdout.strip() or None
     except (OSError, subprocess.SubprocessError): return None
 
+def _version(name:str) -> str|None:
+    "`name.__version__` (None if not installed), read from the package's version.py where it has one, without importing it: importing torchvision took 2.6–3.2 s here, after torch."
+    spec = importlib.util.find_spec(name)
+    if spec is None: return None
+    path = Path(spec.origin).with_name('version.py')
+    found = re.search(r"^__version__ = '([^']+)'", path.read_text(), re.M) if path.exists() else None
+    return found[1] if found else importlib.import_module(name).__version__
+
 def provenance(device:torch.device) -> dict:
     "Git commit ($FGR_GIT_COMMIT if set, else git's; None if neither), package versions and device, and an empty `correction`."
-    import numpy, torchvision
+    import numpy
     device, given = torch.device(device), os.environ.get('FGR_GIT_COMMIT') or None
     commit = given or _git('rev-parse', 'HEAD')
     dirty = bool(_git('status', '--porcelain', '--untracked-files=no')) if commit and not given else None
     return dict(git_commit=commit, git_dirty=dirty,
-                packages=dict(python=platform.python_version(), torch=torch.__version__, torchvision=torchvision.__version__,
+                packages=dict(python=platform.python_version(), torch=torch.__version__, torchvision=_version('torchvision'),
                               numpy=numpy.__version__, fgr=fgr_package.__version__),
                 device=str(device), device_name=torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or platform.machine(),
                 cpu_threads=torch.get_num_threads(), platform=platform.platform(), correction=None)
