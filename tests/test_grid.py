@@ -77,6 +77,16 @@ def test_two_local_workers_give_the_runs_of_one_after_another(tmp_path, small, s
         assert len(list((run_folder(tmp_path / 'parallel', small, row) / 'eval').glob('*.json'))) == len(evaluations)   # all the pages read
 
 
+def test_subprocess_tasks_give_the_runs_of_forked_ones(tmp_path, monkeypatch, small, serial):
+    "Where tasks are not forked (on a GPU, or called from a Jupyter kernel) each is a `python -m fgr.grid --task` subprocess: the same run."
+    from fgr.grid import run_local
+    monkeypatch.setenv('FGR_RUNS', str(tmp_path / 'spawned'))
+    (result,) = run_local(small, ROWS[:1], workers=1, threads=1, progress=False, fork=False)
+    assert result['status'] == 'done', result
+    same_run(run_folder(tmp_path / 'spawned', small, ROWS[0]), run_folder(serial, small, ROWS[0]))
+    with pytest.raises(ValueError, match='cannot be forked'): run_local(small, ROWS[:1], device='cuda', fork=True)
+
+
 def test_two_launches_at_once_train_every_row_exactly_once(tmp_path, small):
     runs = tmp_path / 'runs'
     first, second = (grid(runs, '--profile', small, '--rows', *ROWS[:2], '--workers', '1', '--threads', '1', wait=False) for _ in range(2))
@@ -106,9 +116,12 @@ def test_a_diverging_row_fails_alone_naming_row_epoch_and_step(tmp_path):
     (['--profile', 'tiny', '--engine', 'slurm'], 'valid engines: local, ray'),
     (['--profile', 'tiny', '--device', 'tpu'], 'valid devices: cpu, cuda, cuda:N'),
 ])
-def test_bad_input_is_refused_before_any_work(tmp_path, args, message):
-    out = grid(tmp_path / 'runs', *args)
-    assert out.returncode == 2 and message in out.stderr, out.stderr
+def test_bad_input_is_refused_before_any_work(tmp_path, monkeypatch, capsys, args, message):
+    # in this process: main's checks are what the command runs first (the test below runs the command itself)
+    from fgr.grid import main
+    monkeypatch.setenv('FGR_RUNS', str(tmp_path / 'runs'))        # main points it at --runs-dir; the teardown restores it
+    assert main(['--runs-dir', str(tmp_path / 'runs'), '--quiet', *args]) == 2
+    assert message in capsys.readouterr().err
     assert not list((tmp_path / 'runs').glob('cifar*'))
 
 
