@@ -203,7 +203,7 @@ def test_lambda_warms_up_over_the_first_epochs(env, tmp_path, monkeypatch):
 
 def _command(env, runs):
     return [sys.executable, '-m', 'fgr.train', '--defense', 'fgr_adt', '--variant', 'authors_code', '--width', '0.0625',
-            '--epochs', '4', '--lr', '0.05', '--batch_size', '32', '--milestones', '2', '--data_root', str(env['data']),
+            '--epochs', '4', '--lr', '0.05', '--batch_size', '64', '--milestones', '2', '--data_root', str(env['data']),
             '--runs_dir', str(runs), '--device', 'cpu', '--seed', '3', '--lam_warmup_epochs', '2.5', '--no-progress']   # λ still rising at the first resumption
 
 
