@@ -20,8 +20,9 @@ each notebook (`ForkingKernelManager`), so that no kernel spends seconds importi
 to bottom in a kernel of its own, as `papermill` alone would run it. Where a worker's zygote could not start
 single-threaded, its kernels start as subprocesses.
 """
-import argparse, hashlib, json, os, re, shlex, signal, sys, threading, time, traceback
+import argparse, hashlib, json, os, re, shlex, signal, socket, subprocess, sys, threading, time, traceback
 import multiprocessing
+from multiprocessing.connection import Connection
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -171,9 +172,11 @@ class ForkingKernelManager(AsyncKernelManager):
 def start_zygote() -> None:
     "Give this build worker a zygote (a ProcessPoolExecutor initializer); without one, kernels start as subprocesses."
     global ZYGOTE
-    ours, theirs = multiprocessing.Pipe()
-    multiprocessing.get_context('spawn').Process(target=zygote, args=(theirs,), daemon=True).start()
-    if ours.recv(): ZYGOTE = ours
+    ours, theirs = socket.socketpair()     # a plain process, not multiprocessing's: its kernels must look like one to their code
+    subprocess.Popen([sys.executable, __file__, '--zygote', str(theirs.fileno())], pass_fds=[theirs.fileno()])
+    theirs.close()
+    conn = Connection(ours.detach())       # the zygote reads EOF, and ends, when this worker does
+    if conn.recv(): ZYGOTE = conn
 
 
 def execute_chapter(src: Path, dst: Path, parameters: dict, digest: str) -> bool:
@@ -235,4 +238,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    if sys.argv[1:2] == ['--zygote']: zygote(Connection(int(sys.argv[2])))   # started by start_zygote
+    else: main()
