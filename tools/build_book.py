@@ -17,8 +17,8 @@ then everything else, which only reads them.
 
 Each worker has a zygote: a process that has imported torch and the package once and forks a fresh IPython kernel for
 each notebook (`ForkingKernelManager`), so that no kernel spends seconds importing them; every notebook still runs top
-to bottom in a kernel of its own, as `papermill` alone would run it. Where a worker's zygote could not start
-single-threaded, its kernels start as subprocesses.
+to bottom in a kernel of its own, as `papermill` alone would run it. Where a worker's zygote failed to start, or could
+not start single-threaded, its kernels start as subprocesses.
 """
 import argparse, hashlib, json, os, re, shlex, signal, socket, subprocess, sys, threading, time, traceback
 import multiprocessing
@@ -176,7 +176,9 @@ def start_zygote() -> None:
     subprocess.Popen([sys.executable, __file__, '--zygote', str(theirs.fileno())], pass_fds=[theirs.fileno()])
     theirs.close()
     conn = Connection(ours.detach())       # the zygote reads EOF, and ends, when this worker does
-    if conn.recv(): ZYGOTE = conn
+    try: forkable = conn.recv()
+    except EOFError: forkable = False      # it failed to start (its traceback is in the log): kernels as subprocesses
+    if forkable: ZYGOTE = conn
 
 
 def execute_chapter(src: Path, dst: Path, parameters: dict, digest: str) -> bool:
@@ -233,10 +235,7 @@ def main(argv=None):
         if not src.exists(): sys.exit(f"_toc.yml names {dst.relative_to(ROOT)}, but there is no notebook {src}")
     rows = len(profile.rows)
     with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context('spawn'), initializer=start_zygote) as pool:   # processes: papermill changes the cwd
-        # the row pages write the records the other pages read; then the reproduction pages first, since the longest are there
-        # (two of them took 58 and 62 s of the 323 s all 45 notebooks took here), and the chapters fill in around them
-        later = sorted(jobs[rows:], key=lambda job: job[1].parent != ROOT / 'book' / 'experiments')
-        for phase in (jobs[:rows], later):
+        for phase in (jobs[:rows], jobs[rows:]):          # the row pages write the records the other pages read
             list(pool.map(run_job, phase, [digest] * len(phase)))   # re-raises the first failure
 
 
