@@ -72,7 +72,6 @@ def _spawn(profile_arg:str, row:str, device:str, threads:int, gpu:str|None, log:
     "Start `task` for `row` in a subprocess with `threads` compute threads (and one GPU), writing its log to `log`."
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), FGR_RUNS=str(runs_dir()))
     if gpu is not None: env['CUDA_VISIBLE_DEVICES'] = gpu
-    log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, 'w') as out:
         return subprocess.Popen([sys.executable, '-m', 'fgr.grid', '--task', '--profile', profile_arg, '--rows', row, '--device', device],
                                 stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -89,7 +88,6 @@ class Forked:
 def _fork(profile_arg:str, row:str, threads:int, log:Path) -> Forked:
     "Start `task` for `row` on the CPU in a child forked from this process, with `threads` compute threads, writing its log to `log`."
     import torch
-    log.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush(); sys.stderr.flush()
     pid = os.fork()
     if pid: return Forked(pid)
@@ -131,6 +129,7 @@ def run_local(profile_arg:str, rows:list[str], device:str='cpu', workers:int|Non
     gpus = [str(i) for i in range(workers)] if device == 'cuda' else [None] * workers
     pending = sorted(rows, key=lambda r: -COST[find_row(P, r)[2]])
     running, results, logs = {}, {}, _log_dir(P)
+    logs.mkdir(parents=True, exist_ok=True)
     bar = _Bar(total=len(rows), desc=f"grid {P.name}", disable=not progress, file=sys.stderr)
     while pending or running:
         while pending and len(running) < workers:
