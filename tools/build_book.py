@@ -20,7 +20,7 @@ each notebook (`ForkingKernelManager`), so that no kernel spends seconds importi
 to bottom in a kernel of its own, as `papermill` alone would run it. Where a worker's zygote failed to start, or could
 not start single-threaded, its kernels start as subprocesses.
 """
-import argparse, hashlib, json, os, re, shlex, signal, socket, subprocess, sys, threading, time, traceback
+import argparse, hashlib, json, os, re, shlex, signal, socket, subprocess, sys, tempfile, threading, time, traceback, uuid
 import multiprocessing
 from multiprocessing.connection import Connection
 from concurrent.futures import ProcessPoolExecutor
@@ -159,7 +159,13 @@ ZYGOTE = None      # this build worker's connection to its zygote, if it has one
 
 
 class ForkingKernelManager(AsyncKernelManager):
-    "Starts each IPython kernel by forking it from this worker's zygote (jupyter_client's override point for launching)."
+    """Starts each IPython kernel by forking it from this worker's zygote (jupyter_client's override point for launching).
+
+    Its kernels listen on Unix sockets named after the kernel, not on TCP ports: a port one worker had chosen (found
+    free, then let go) could be taken before its kernel bound it, and the kernel died ("Address already in use")."""
+    def __init__(self, **kw):
+        super().__init__(transport='ipc', **kw)
+        self.ip = os.path.join(tempfile.gettempdir(), f'fgr-kernel-{uuid.uuid4().hex}')   # its sockets: <ip>-1 to <ip>-5
     async def _async_launch_kernel(self, kernel_cmd, **kw):
         if ZYGOTE is None or kernel_cmd[1:3] != ['-m', 'ipykernel_launcher']: return await super()._async_launch_kernel(kernel_cmd, **kw)
         ZYGOTE.send((kernel_cmd, str(kw.get('cwd') or os.getcwd()), dict(kw.get('env') or os.environ)))
