@@ -6,7 +6,7 @@
 __all__ = ['PENALTY_LAMBDAS', 'VARIANTS', 'NOT_HASHED', 'TrainConfig']
 
 # %% ../nbs/07c_config.ipynb #cf000003
-import dataclasses, math, typing
+import dataclasses, math, os, typing
 from dataclasses import dataclass, field
 import torch
 from .data import DATASETS, PIPELINES, check_pipeline
@@ -18,7 +18,7 @@ PENALTY_LAMBDAS = {'standard': None, 'at': None, 'igr': (3000., 5000., 7000.), '
                    'fgr': (400., 700., 1000.), 'fgr_adt': (400., 700., 1000.)}   # §5.3: which defences have a penalty, and its λ
 VARIANTS = {'paper': dict(epochs=60, lr=0.1, milestones=(30, 50), random_flow_std=0.0, pipeline='paper'),
             'authors_code': dict(epochs=80, lr=0.01, milestones=(40, 60), random_flow_std=0.01, pipeline='authors_code')}
-NOT_HASHED = ('device', 'cuda_graphs', 'data_root', 'runs_dir', 'force', 'progress')   # where and how a run goes, not what it computes
+NOT_HASHED = ('device', 'cuda_graphs', 'threads', 'data_root', 'runs_dir', 'force', 'progress')   # where and how a run goes, not what it computes
 
 def _opt(default, help:str): return field(default=default, metadata={'help': help})
 
@@ -54,6 +54,7 @@ class TrainConfig:
     test_limit: int|None = _opt(None, "test on this many images (a fixed random subset; unset: all)")
     device: str = _opt('auto', "auto | cpu | cuda | cuda:N")
     cuda_graphs: bool = _opt(False, "replay each step as a CUDA graph (CUDA only; Standard, IGR and FGR without a random flow, the others step eagerly); off until a GPU check has confirmed it on this version")
+    threads: int|None = _opt(None, "CPU compute threads, at most this machine's cores (unset: PyTorch's default, $OMP_NUM_THREADS or one per core)")
     data_root: str|None = _opt(None, "folder holding CIFAR (unset: $FGR_DATA, ../shared/data, or a download)")
     runs_dir: str|None = _opt(None, "where runs are written (unset: $FGR_RUNS, else ./runs)")
     force: bool = _opt(False, "retrain even if a finished run exists (the old run is moved aside, not deleted)")
@@ -110,3 +111,6 @@ def _validate(c:TrainConfig):
     if c.milestones is not None and (any(m < 1 for m in c.milestones) or list(c.milestones) != sorted(set(c.milestones))):
         raise ValueError(f"milestones must be increasing epochs ≥ 1, got {c.milestones}")
     if c.device != 'auto': torch.device(c.device)   # raises on a malformed device name
+    cores = len(os.sched_getaffinity(0))
+    if c.threads is not None and not 1 <= c.threads <= cores:     # more threads than cores: each OpenMP pool waits on the others
+        raise ValueError(f"threads must be between 1 and this machine's {cores} cores, got {c.threads}")

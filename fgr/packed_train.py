@@ -21,7 +21,7 @@ from .penalties import _reduction
 from .step import optimizer_step
 from .train import (DivergenceError, RunError, attack_seed, batches, config_hash, end_epoch, fingerprint, load_checkpoint,
                        load_split, make_optimizer, random_flow, rng_states, run_dir, set_rng_states, step_config, _finish, _fix,
-                       _in_eval_mode, _move_aside, _read_record, _resolve_device)
+                       _in_eval_mode, _move_aside, _read_record, _compute_on)
 
 # %% ../nbs/08b_packed_train.ipynb #7c4c0b2a
 MEMBER_FIELDS = ('defense', 'lam', 'lam_warmup_epochs', 'random_flow_std', 'seed', 'runs_dir', 'force', 'progress')   # what the members of a pack may differ in
@@ -142,7 +142,7 @@ def _start(cfg:TrainConfig, h:str, fp:str, device) -> tuple[torch.nn.Module, dic
 def train_packed(cfgs:list[TrainConfig]) -> list[dict]:
     "Train (or resume, or reuse) the runs `cfgs` as packed networks; each run's record, in the order of `cfgs`, as `train` returns it."
     cfgs = check_pack(cfgs)
-    device = _resolve_device(cfgs[0].device)
+    device = _compute_on(cfgs[0])
     (xtr, ytr), (xte, yte) = load_split(cfgs[0], 'train'), load_split(cfgs[0], 'test')
     data = dict(fingerprint=fingerprint(xtr, ytr, xte, yte), train_images=len(xtr), test_images=len(xte))
     records, todo = [None] * len(cfgs), []

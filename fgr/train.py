@@ -205,8 +205,12 @@ def step_config(cfg:TrainConfig, step:int, steps_per_epoch:int) -> TrainConfig:
     return cfg if cfg.lam_warmup_epochs == 0 else dataclasses.replace(cfg, lam=lam_schedule(cfg, step, steps_per_epoch))
 
 # %% ../nbs/08_train.ipynb #0eb691e7
-def _resolve_device(name:str) -> torch.device:
-    return torch.device('cuda' if torch.cuda.is_available() else 'cpu') if name == 'auto' else torch.device(name)
+def _compute_on(cfg:TrainConfig) -> torch.device:
+    "The run's device, with PyTorch set up for it: `threads` CPU threads where given, cuDNN's autotuner on CUDA."
+    device = torch.device('cuda' if torch.cuda.is_available() else 'cpu') if cfg.device == 'auto' else torch.device(cfg.device)
+    if cfg.threads is not None: torch.set_num_threads(cfg.threads)    # else the process's own setting stands
+    if device.type == 'cuda': torch.backends.cudnn.benchmark = True   # cuDNN picks the fastest kernels for the batch shape once
+    return device
 
 def _read_record(path:Path, config_hash:str, data_fingerprint:str) -> dict:
     "The finished run's record at `path`, verified to belong to this configuration and data."
@@ -266,9 +270,8 @@ def train_epoch(model:nn.Module, optimizer:torch.optim.Optimizer, x:torch.Tensor
 def train(cfg:TrainConfig) -> dict:
     "Train (or resume, or reuse) the run `cfg` describes; returns its record (also written to <run dir>/record.json)."
     cfg = cfg.resolved()
-    h, folder, device = config_hash(cfg), run_dir(cfg), _resolve_device(cfg.device)
+    h, folder, device = config_hash(cfg), run_dir(cfg), _compute_on(cfg)
     if cfg.cuda_graphs and device.type != 'cuda': raise ValueError(f"cuda_graphs needs a CUDA device; this run's device is {device}")
-    if device.type == 'cuda': torch.backends.cudnn.benchmark = True   # cuDNN picks the fastest kernels for the batch shape once
     (xtr, ytr), (xte, yte) = load_split(cfg, 'train'), load_split(cfg, 'test')
     data = dict(fingerprint=fingerprint(xtr, ytr, xte, yte), train_images=len(xtr), test_images=len(xte))
     record_path, ckpt_path = folder / 'record.json', folder / 'checkpoint.pt'

@@ -94,6 +94,8 @@ def test_hash_ignores_where_and_how_but_not_what():
     (['--epochs', '0'], 'epochs must be ≥ 1'),
     (['--width', '0'], 'width must be > 0'),
     (['--epochs', 'two'], "invalid int value: 'two'"),
+    (['--threads', '0'], 'threads must be between 1'),
+    (['--threads', str(len(os.sched_getaffinity(0)) + 1)], "and this machine's"),
 ])
 def test_cli_refuses_bad_settings(argv, message, capsys, tmp_path):
     with pytest.raises(SystemExit) as e: main(argv + ['--runs_dir', str(tmp_path / 'runs')])
@@ -178,6 +180,17 @@ def test_damaged_or_foreign_files_are_errors_and_left_alone(env, tmp_path):
     # force moves the damaged run aside and starts again
     assert train(dataclasses.replace(cfg, force=True))['metrics']['history'][0]['epoch'] == 1
     assert any((d / 'checkpoint.pt').read_bytes() == b'not a checkpoint at all' for d in tmp_path.iterdir() if '.replaced-' in d.name)
+
+
+def test_a_run_computes_with_the_threads_it_is_given(env, tmp_path, capsys):
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(len(os.sched_getaffinity(0)))         # so that one thread is a change (on two cores or more)
+        record = train(tiny(env, tmp_path, threads=1))
+        assert torch.get_num_threads() == 1 and record['provenance']['cpu_threads'] == 1
+        torch.set_num_threads(before)
+        assert train(tiny(env, tmp_path)) == record and 'reusing' in capsys.readouterr().out   # how it ran, not what: the same run
+    finally: torch.set_num_threads(before)
 
 
 def test_seeded_runs_are_deterministic(env, tmp_path):
