@@ -12,6 +12,7 @@ from fgr.data import CIFAR10_CLASSES
 from fgr.train import TrainConfig, RunError, train, main, parse_config, config_hash, run_dir, DEFENSES
 
 REPO = Path(__file__).resolve().parents[1]
+CORES = len(os.sched_getaffinity(0))
 
 
 def make_fake_cifar10(root: Path, n_train: int, n_test: int, seed: int) -> Path:
@@ -95,7 +96,7 @@ def test_hash_ignores_where_and_how_but_not_what():
     (['--width', '0'], 'width must be > 0'),
     (['--epochs', 'two'], "invalid int value: 'two'"),
     (['--threads', '0'], 'threads must be between 1'),
-    (['--threads', str(len(os.sched_getaffinity(0)) + 1)], "and this machine's"),
+    (['--threads', str(CORES + 1)], "and this machine's"),
 ])
 def test_cli_refuses_bad_settings(argv, message, capsys, tmp_path):
     with pytest.raises(SystemExit) as e: main(argv + ['--runs_dir', str(tmp_path / 'runs')])
@@ -185,7 +186,7 @@ def test_damaged_or_foreign_files_are_errors_and_left_alone(env, tmp_path):
 def test_a_run_computes_with_the_threads_it_is_given(env, tmp_path, capsys):
     before = torch.get_num_threads()
     try:
-        torch.set_num_threads(len(os.sched_getaffinity(0)))         # so that one thread is a change (on two cores or more)
+        torch.set_num_threads(CORES)         # so that one thread is a change (on two cores or more)
         record = train(tiny(env, tmp_path, threads=1))
         assert torch.get_num_threads() == 1 and record['provenance']['cpu_threads'] == 1
         torch.set_num_threads(before)
@@ -246,7 +247,7 @@ def _interrupt_after(env, runs, epoch, sig):
 def test_interrupted_run_resumes_to_identical_weights(env, tmp_path):
     # the uninterrupted run beside the interrupted ones, one thread each, where there are two cores
     full = subprocess.Popen(_command(env, tmp_path / 'full'), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env['sub'])
-    if len(os.sched_getaffinity(0)) < 2: full.wait(300)
+    if CORES < 2: full.wait(300)
 
     runs = tmp_path / 'interrupted'
     rc, out = _interrupt_after(env, runs, 1, signal.SIGINT)             # Ctrl-C

@@ -162,7 +162,7 @@ class ForkingKernelManager(AsyncKernelManager):
     """Starts each IPython kernel by forking it from this worker's zygote (jupyter_client's override point for launching).
 
     Its kernels listen on Unix sockets named after the kernel, not on TCP ports: a port one worker had chosen (found
-    free, then let go) could be taken before its kernel bound it, and the kernel died ("Address already in use")."""
+    free, then let go) could be taken before its kernel bound it, and the kernel died before replying (CI, 8add42f)."""
     def __init__(self, **kw):
         super().__init__(transport='ipc', **kw)
         self.ip = os.path.join(tempfile.gettempdir(), f'fgr-kernel-{uuid.uuid4().hex}')   # its sockets: <ip>-1 to <ip>-5
