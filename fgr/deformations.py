@@ -107,7 +107,7 @@ def rotation_translation(model:nn.Module, x:torch.Tensor, y:torch.Tensor, max_ro
     grid = torch.cartesian_prod(a, t, t)
     g = make_generator(seed, 'cpu')
     box = torch.tensor([max_rotation_deg, max_translation_px, max_translation_px])
-    params = torch.cat([grid, (2 * torch.rand(random, 3, generator=g) - 1) * box])
+    params = torch.cat([grid, (2 * torch.rand(random, 3, generator=g) - 1) * box]).to(x.device)   # drawn on the CPU: the same on every device
     with frozen(model), torch.no_grad():
         best, worst_loss, fooled = params[0].repeat(len(x), 1), x.new_full((len(x),), -float('inf')), x.new_zeros(len(x), dtype=torch.bool)
         for p in params:

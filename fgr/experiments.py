@@ -4,16 +4,17 @@
 
 # %% auto #0
 __all__ = ['NAMES', 'PAPER_LAMBDAS', 'SWEEP_LAMBDAS', 'TINY_LAMBDAS', 'ALL_ROWS', 'PAPER_PROFILE_LR', 'MINI_LAMBDAS',
-           'FAST_ATTACKS', 'PROFILES', 'COLUMNS', 'BEYOND', 'ATTACK_COLUMNS', 'PENALISED', 'PAGE_PX', 'Profile',
-           'defence_rows', 'get_profile', 'attack_settings', 'runs_dir', 'row_id', 'row_config', 'run_row',
+           'GPU_LAMBDAS', 'FAST_ATTACKS', 'PROFILES', 'COLUMNS', 'BEYOND', 'ATTACK_COLUMNS', 'PENALISED', 'PAGE_PX',
+           'Profile', 'defence_rows', 'get_profile', 'attack_settings', 'runs_dir', 'row_id', 'row_config', 'run_row',
            'unseen_evaluations', 'page_evaluations', 'evaluate_row', 'table1_path', 'table1', 'read_table1',
            'paper_table1', 'paper_row', 'claims', 'select_lambda', 'mark_selected', 'one_per_defence', 'shown_rows',
-           'row_checks', 'loss_surface', 'training_throughput', 'find_row', 'markdown_table', 'describe', 'row_title',
-           'checked_claims', 'check_legible']
+           'row_checks', 'loss_surface', 'theory_checks', 'model_data', 'figure3_data', 'theory_data',
+           'training_throughput', 'find_row', 'markdown_table', 'describe', 'row_title', 'checked_claims',
+           'check_legible']
 
 # %% ../nbs/10_experiments.ipynb #85f33dbc
 import csv, json, os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 import torch
 import fgr
@@ -38,6 +39,7 @@ class Profile:
     lam_warmup_epochs: float = 0.0   # λ of the penalised recipes rises from 0 over these epochs (0: the paper's)
     test_limit: int|None = None      # images for the per-epoch test accuracy
     eval_images: int = 10000         # test images attacked per Table 1 cell
+    eval_batch_size: int = 250       # images per attack batch (larger on a GPU, where a batch of 250 leaves it idle)
     attack_settings: dict = field(default_factory=dict)   # per column, merged over Table 1's settings
     figure2_epsilons: tuple = (0.002, 0.005, 0.01, 0.015, 0.02)
     figure2_cs: tuple = (0.1, 1.0, 10.0, 100.0)
@@ -65,6 +67,7 @@ TINY_LAMBDAS = dict(igr=(500., 5000., 50000.), fgr=(70., 700., 7000.), fgr_adt=(
 ALL_ROWS = tuple(r for ds in ('cifar10', 'cifar100') for arch in ('vgg11', 'resnet18') for r in defence_rows(ds, arch, PAPER_LAMBDAS))
 PAPER_PROFILE_LR = 0.01   # not the paper's 0.1: at full width our VGG-11 does not train at 0.1 (page 'Why the penalised models collapse')
 MINI_LAMBDAS = dict(igr=(5000., 15000., 40000.), fgr=(700., 2000., 5000., 8000., 12000.), fgr_adt=(2000., 6000.))   # from Table 1's up, to reach AT's clean accuracy
+GPU_LAMBDAS = dict(igr=(3000., 10000., 40000.), fgr=(400., 1000., 3000.), fgr_adt=(700., 3000.))   # Table 1's and above: where do they land at full width?
 FAST_ATTACKS = dict(ob=dict(iterations=30), gf=dict(iterations=10, population=10), strong=dict(iterations=10, restarts=1),
                     rotation_translation=dict(rotations=5, translations=3, random=2), adef=dict(iterations=5, candidates=2), elastic=dict(draws=2))
 
@@ -82,11 +85,21 @@ PROFILES = {
                     figure3_images=8, figure3_steps=11, unseen_images=500,
                     note='CPU-sized: CIFAR-10 with VGG-11 at width 1/8, all 25,000 offline training images, 6 epochs, learning rate 0.01, '
                          'λ warmed up over 2; three λ for IGR, five for FGR, two for FGR+ADT; 1,000 test images per cell of Table 1, 500 per unseen deformation'),
+    'gpu': Profile('gpu', defence_rows('cifar10', 'vgg11', GPU_LAMBDAS), width=1.0, epochs=15, milestones=(8, 13), lr=0.01,
+                   lam_warmup_epochs=2, test_limit=2000, eval_images=2000, eval_batch_size=500, figure2_images=500, unseen_images=1000,
+                   attack_settings=dict(strong=dict(iterations=50, restarts=1), rotation_translation=dict(rotations=7, translations=3),
+                                        adef=dict(iterations=10, candidates=3), elastic=dict(draws=5)),
+                   note='one GPU call: CIFAR-10 with VGG-11 at full width, the 25,000 offline training images, 15 epochs (learning-rate drops '
+                        'after 8 and 13, the paper\'s 30 and 50 of 60 scaled), learning rate 0.01, λ warmed up over 2; three λ for IGR and FGR, '
+                        'two for FGR+ADT; Table 1 and the strong attack on 2,000 test images, Figure 2 on 500, the unseen deformations on 1,000 at reduced settings'),
     'paper': Profile('paper', ALL_ROWS, lr=PAPER_PROFILE_LR,
                      note="the paper's settings (§5.1, Table 1) but the authors' code's learning rate 0.01; meant for a GPU"),
     'paper_sweep': Profile('paper_sweep', tuple(r for ds in ('cifar10', 'cifar100') for arch in ('vgg11', 'resnet18') for r in defence_rows(ds, arch, SWEEP_LAMBDAS)),
                            lr=PAPER_PROFILE_LR, note="the paper profile with a wider λ sweep (IGR 1,000–10,000, FGR and FGR+ADT 100–1,000) for the trade-off curves; meant for GPUs"),
 }
+PROFILES['gpu_lr'] = replace(PROFILES['gpu'], name='gpu_lr', rows=(('cifar10', 'vgg11', 'standard', None),), lr=0.1,
+                             note="the gpu profile's Standard at the paper's learning rate 0.1 instead of 0.01: does a full-width VGG-11 train at 0.1?")
+
 
 # %% ../nbs/10_experiments.ipynb #44e72846
 def get_profile(name:str) -> Profile:
@@ -131,7 +144,8 @@ def run_row(profile:Profile, row:tuple, device:str='cpu', columns=COLUMNS + BEYO
     record = train(row_config(profile, row, device))
     out = dict(record=record)
     for col in columns:
-        out[col] = evaluate(record, col, images=profile.eval_images, settings=attack_settings(profile, col), device=device)
+        out[col] = evaluate(record, col, images=profile.eval_images, settings=attack_settings(profile, col), device=device,
+                            batch_size=profile.eval_batch_size)
     return out
 
 # %% ../nbs/10_experiments.ipynb #c1a1b302
@@ -151,10 +165,13 @@ def page_evaluations(profile:Profile) -> list[tuple[str, dict, int]]:
     return out + [(family, settings, images) for family, _, settings, images in unseen_evaluations(profile)]
 
 def evaluate_row(profile:Profile, row:tuple, device:str='cpu') -> dict:
-    "`run_row`, then every other evaluation of `page_evaluations` (cached like all evaluations); returns `run_row`'s result."
+    """`run_row`, then every other evaluation of `page_evaluations` and the data of Figure 3 and of the theory page (all cached
+    as records, so that the pages need no checkpoint); returns `run_row`'s result."""
     result = run_row(profile, row, device)
     for attack, settings, images in page_evaluations(profile)[len(COLUMNS + BEYOND):]:
-        evaluate(result['record'], attack, images=images, settings=settings, device=device)
+        evaluate(result['record'], attack, images=images, settings=settings, device=device, batch_size=profile.eval_batch_size)
+    figure3_data(profile, result['record'], device)
+    theory_data(result['record'], device)
     return result
 
 # %% ../nbs/10_experiments.ipynb #c1a1b202
@@ -280,7 +297,7 @@ def shown_rows(profile:Profile, table:list[dict]) -> list[tuple]:
 def row_checks(profile:Profile, result:dict, device:str='cpu') -> list[dict]:
     "`sanity_checks` of a `run_row` result at `profile`, with MS along Figure 2's budgets (evaluated if not yet cached)."
     ms = {e: evaluate(result['record'], 'ms', images=profile.figure2_images, settings={**attack_settings(profile, 'ms'), 'epsilon': e},
-                      device=device)['accuracy'] for e in profile.figure2_epsilons}
+                      device=device, batch_size=profile.eval_batch_size)['accuracy'] for e in profile.figure2_epsilons}
     return sanity_checks({c: result[c]['accuracy'] for c in COLUMNS + BEYOND if c in result}, profile.eval_images, ms, profile.figure2_images)
 
 # %% ../nbs/10_experiments.ipynb #0c35e7dd
@@ -298,6 +315,48 @@ def loss_surface(model:torch.nn.Module, x:torch.Tensor, y:torch.Tensor, radius:f
     with torch.no_grad():
         loss = torch.tensor([[classification_loss(model, warp(x, a * d_adv + b * d_rand), y).item() for b in axis] for a in axis])
     return dict(axis=axis.tolist(), loss=loss.tolist(), radius=radius, images=len(x))
+
+# %% ../nbs/10_experiments.ipynb #ex000302
+def theory_checks(model:torch.nn.Module, x:torch.Tensor, y:torch.Tensor, seed:int=0) -> dict:
+    "The theory chapter's checks of `model` (made float64) on images `x`: Taylor slope (Eq. 9), largest Hölder ratio (Eq. 10), mean gradient norms, Eq. 15."
+    import numpy as np
+    from fgr.gradients import flow_gradient, input_gradient
+    from fgr.theory import taylor_errors, unit_flows, holder_ratios, warp_jacobian_norm
+    model, x = model.double(), x.double()
+    g, scales = torch.Generator().manual_seed(seed), torch.logspace(-4, -1, 5, dtype=torch.float64)
+    err = taylor_errors(model, x, y, unit_flows(x.cpu(), g, positive=True).to(x.device), scales).median(1).values.cpu()
+    slope = np.polyfit(scales.log().numpy(), err.clamp(min=1e-300).log().numpy(), 1)[0]
+    flows = (0.01 * (2 * torch.rand(len(x), *x.shape[2:], 2, generator=g, dtype=torch.float64) - 1)).to(x.device)
+    holder = holder_ratios(model, x, y, flows)
+    gv = flow_gradient(model, x, y, 'sum').flatten(1).norm(dim=1)
+    gx = input_gradient(model, x, y, 'sum').flatten(1).norm(dim=1)
+    tight = gv / (warp_jacobian_norm(x) * gx)
+    return dict(taylor_slope=float(slope), holder_max=float(holder.max()), flow_gradient_norm=float(gv.mean()), input_gradient_norm=float(gx.mean()),
+                tightness_median=float(tight.median()), eq15_holds=bool((tight <= 1 + 1e-9).all()))
+
+def model_data(record:dict, kind:str, compute, images:int, seed:int, settings:dict, device:str='cpu') -> dict:
+    "`compute(model, x, y)` of the trained run `record` on `images` fixed test images (by `seed`), as a `kind` record cached beside its evaluations."
+    from fgr.data import PIPELINES, load_cifar, random_subset, to_float
+    from fgr.evaluate import evaluation_key, load_model
+    from fgr.records import provenance
+    key = evaluation_key(record, kind, settings, images, seed)
+    path = Path(record['run_dir']) / 'eval' / f"{kind}-{key[:16]}.json"
+    if path.exists(): return read_record(path, kind)
+    cfg = record['config']
+    x, y = random_subset(*load_cifar(cfg['dataset'], 'test', cfg.get('data_root')), images, seed)
+    x = PIPELINES[cfg.get('pipeline') or 'paper'][1](to_float(x).to(device))
+    out = compute(load_model(record, device), x, y.to(device))
+    return write_record(path, kind, {**dict(run=record['config_hash'], config=cfg, settings=settings, images=images, seed=seed, key=key,
+                                            device=str(device), provenance=provenance(device)), **out})
+
+def figure3_data(profile:Profile, record:dict, device:str='cpu') -> dict:
+    "Figure 3's loss surface of the run `record` at `profile`'s size (a 'surface' record)."
+    settings = dict(radius=0.02, steps=profile.figure3_steps, epsilon=0.01)
+    return model_data(record, 'surface', lambda m, x, y: loss_surface(m, x, y, **settings), profile.figure3_images, 1, settings, device)
+
+def theory_data(record:dict, device:str='cpu') -> dict:
+    "The theory checks of the run `record` on 100 test images (a 'theory' record)."
+    return model_data(record, 'theory', theory_checks, 100, 2, {}, device)
 
 # %% ../nbs/10_experiments.ipynb #32cc8e20
 def training_throughput(record:dict) -> float:

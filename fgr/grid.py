@@ -7,23 +7,32 @@ __all__ = ['ENGINES', 'COST', 'row_lock', 'task', 'check_device', 'default_worke
            'check_ray', 'run_ray', 'build_parser', 'report', 'main']
 
 # %% ../nbs/12_grid.ipynb #gr000003
-import argparse, builtins, contextlib, fcntl, importlib, json, os, subprocess, sys, tempfile, time, traceback, uuid
+import argparse, builtins, contextlib, fcntl, importlib, json, os, signal, subprocess, sys, tempfile, time, traceback, uuid
 from pathlib import Path
 from tqdm import tqdm
 from .experiments import Profile, evaluate_row, find_row, get_profile, row_config, row_id, runs_dir
+from .records import provenance, write_record
 from .train import run_dir
 
 # %% ../nbs/12_grid.ipynb #gr000006
 @contextlib.contextmanager
 def row_lock(profile:Profile, row:tuple):
-    "Hold an exclusive lock on `row`'s run directory (a `.lock` file beside it) while the block runs."
+    """Hold an exclusive lock on `row`'s run directory (a `.lock` file beside it) while the block runs; the file goes with it.
+    A lock file another task removed while this one waited is stale: the wait starts again on the new one."""
     folder = run_dir(row_config(profile, row))
     path = folder.with_name(folder.name + '.lock')
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, 'a') as f:
+    while True:
+        f = open(path, 'a')
         fcntl.flock(f, fcntl.LOCK_EX)
-        try: yield path
-        finally: fcntl.flock(f, fcntl.LOCK_UN)
+        try: same = os.fstat(f.fileno()).st_ino == os.stat(path).st_ino
+        except FileNotFoundError: same = False
+        if same: break
+        f.close()                                           # the holder removed the file we locked: lock the one at `path` now
+    try: yield path
+    finally:
+        path.unlink(missing_ok=True)                        # while still held, so no waiter can lock the removed file and proceed
+        fcntl.flock(f, fcntl.LOCK_UN); f.close()
 
 # %% ../nbs/12_grid.ipynb #gr000007
 def task(profile:str, row:str, device:str='cpu') -> dict:
@@ -117,21 +126,37 @@ class _Bar(tqdm):
     monitor_interval = 0          # no monitor thread: tasks are forked from this process, and a fork copies no thread but its caller
 
 def run_local(profile_arg:str, rows:list[str], device:str='cpu', workers:int|None=None, threads:int|None=None, progress:bool=True,
-              fork:bool|None=None) -> list[dict]:
-    """Run the tasks of `rows` locally, at most `workers` at once; one result per row, in the order given.
-    With `fork` (the default on the CPU, outside Jupyter) each task is a child forked from this process; else a subprocess."""
+              fork:bool|None=None, deadline_s:float|None=None) -> list[dict]:
+    """Run the tasks of `rows` locally, at most `workers` at once (on CUDA, spread over the GPUs, several to a GPU where
+    `workers` exceeds them); one result per row, in the order given. With `fork` (the default on the CPU, outside Jupyter)
+    each task is a child forked from this process; else a subprocess. Tasks still running `deadline_s` seconds after the
+    start are stopped ('unfinished': what they wrote is whole, as every record is written atomically, and a rerun resumes
+    them from their last epoch's checkpoint) and tasks not started by then are 'not started'."""
     P = get_profile(profile_arg)
     if fork is None: fork = device == 'cpu' and hasattr(os, 'fork') and not hasattr(builtins, '__IPYTHON__')
     if fork and device != 'cpu': raise ValueError(f"tasks on {device!r} cannot be forked: CUDA does not work in a forked child")
     if fork: importlib.import_module('torch._dynamo')   # what torch.optim imports on its first optimiser: once here, not in every task
-    auto = default_workers(device)
-    workers, threads = workers or auto[0], threads or auto[1]
-    gpus = [str(i) for i in range(workers)] if device == 'cuda' else [None] * workers
+    auto, cores = default_workers(device), len(os.sched_getaffinity(0))
+    workers = workers or auto[0]
+    threads = threads or (auto[1] if workers == auto[0] else max(1, cores // workers))
+    if device == 'cuda':
+        import torch
+        gpus = [str(i % torch.cuda.device_count()) for i in range(workers)]
+    else: gpus = [None] * workers
     pending = sorted(rows, key=lambda r: -COST[find_row(P, r)[2]])
     running, results, logs = {}, {}, _log_dir(P)
     logs.mkdir(parents=True, exist_ok=True)
     bar = _Bar(total=len(rows), desc=f"grid {P.name}", disable=not progress, file=sys.stderr)
+    launched = time.perf_counter()
     while pending or running:
+        if deadline_s is not None and time.perf_counter() - launched > deadline_s:
+            for proc, (row, begun, _, log) in running.items():
+                os.kill(proc.pid, signal.SIGKILL)
+                while proc.poll() is None: time.sleep(0.05)
+                results[row] = dict(row=row, status='unfinished', seconds=time.perf_counter() - begun,
+                                    error=f"stopped at the deadline of {deadline_s:g} s", log=str(log.relative_to(runs_dir())))
+            results.update({row: dict(row=row, status='not started', error=f"the deadline of {deadline_s:g} s came first") for row in pending})
+            break
         while pending and len(running) < workers:
             row, slot = pending.pop(0), next(s for s in range(workers) if s not in {v[2] for v in running.values()})
             log = logs / f"{row}.log"
@@ -192,7 +217,7 @@ def run_ray(profile_arg:str, rows:list[str], device:str='cpu', threads:int=1, gp
 # %% ../nbs/12_grid.ipynb #gr000016
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='python -m fgr.grid', description="Train and evaluate a profile's rows as resumable tasks.")
-    p.add_argument('--profile', default='mini', help="tiny | mini | paper | paper_sweep, or a profile .json file")
+    p.add_argument('--profile', default='mini', help="tiny | mini | gpu | gpu_lr | paper | paper_sweep, or a profile .json file")
     p.add_argument('--device', default='cpu', help='cpu | cuda | cuda:N')
     p.add_argument('--engine', default=None, help="local (default) | ray (the default when RAY_ADDRESS is set)")
     p.add_argument('--runs-dir', default=None, help='where records go (default: $FGR_RUNS, else runs/ in the repository)')
@@ -201,13 +226,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--threads', type=int, default=None, help='compute threads per task (default: cores / workers)')
     p.add_argument('--gpus-per-task', type=float, default=1.0, help='ray engine: GPUs per task (a fraction packs tasks on one GPU)')
     p.add_argument('--task', action='store_true', help=argparse.SUPPRESS)     # run one row here: what each local worker does
+    p.add_argument('--deadline', type=float, default=None, help="local engine: seconds after which running tasks are stopped ('unfinished') and the rest not started")
+    p.add_argument('--record', default=None, help='also write the results as a grid record (JSON) to this file')
     p.add_argument('--quiet', action='store_true', help='no progress bar')
     return p
 
 def report(results:list[dict]) -> str:
     "The end-of-run table: row, status, seconds, and the record (or the error)."
-    lines = [f"{'row':<34} {'status':<7} {'seconds':>8}  record / error"]
-    lines += [f"{r['row']:<34} {r['status']:<7} {r.get('seconds', float('nan')):>8.1f}  {r.get('record') or r.get('error')}" for r in results]
+    lines = [f"{'row':<34} {'status':<11} {'seconds':>8}  record / error"]
+    lines += [f"{r['row']:<34} {r['status']:<11} {r.get('seconds', float('nan')):>8.1f}  {r.get('record') or r.get('error')}" for r in results]
     return '\n'.join(lines)
 
 # %% ../nbs/12_grid.ipynb #gr000017
@@ -224,13 +251,21 @@ def main(argv:list[str]|None=None) -> int:
         device = check_device(args.device)
         check_runs_dir(runs_dir())
         if engine == 'ray' and not args.task: check_ray()
+        if args.deadline is not None and not (args.deadline > 0 and engine == 'local'):
+            raise ValueError(f"--deadline must be > 0 seconds and is for the local engine; got {args.deadline} with engine {engine!r}")
+        if args.record and Path(args.record).exists(): raise ValueError(f"--record {args.record} exists: name a new file (nothing is overwritten)")
     except ValueError as e: print(f"error: {e}", file=sys.stderr); return 2
     if args.task:                                           # one row, in this process (a local worker)
         print('FGR_TASK ' + json.dumps(task(args.profile, rows[0], device)), flush=True)
         return 0
-    if engine == 'local': results = run_local(args.profile, rows, device, args.workers, args.threads, not args.quiet)
+    start = time.perf_counter()
+    if engine == 'local': results = run_local(args.profile, rows, device, args.workers, args.threads, not args.quiet, deadline_s=args.deadline)
     else: results = run_ray(args.profile, rows, device, args.threads or 1, args.gpus_per_task, not args.quiet)
     print(report(results))
+    if args.record:
+        import torch
+        write_record(args.record, 'grid', dict(profile=P.name, device=device, results=results, seconds=time.perf_counter() - start,
+                                               provenance=provenance(torch.device(device))))
     failed = [r['row'] for r in results if r['status'] != 'done']
     if failed: print(f"{len(failed)} of {len(results)} tasks failed: {', '.join(failed)}; rerun to resume", file=sys.stderr)
     return 1 if failed else 0

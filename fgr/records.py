@@ -35,7 +35,13 @@ SCHEMAS = {
     'bench': Schema('benchmark', 3, (2, 3), dict(created=str, quick=bool, command=str, devices=list, provenance=dict, threads=int, settings=dict,
                                                  data=str, steps=list, memory=list, amp=list, attacks=list, epochs=list, correctness=list,
                                                  training=list, skipped=list, targets=list)),
-    'alternative': Schema('measured alternative', 1, (1,), dict(name=str, created=str, command=str, provenance=dict, results=dict, verdict=str))}
+    'alternative': Schema('measured alternative', 1, (1,), dict(name=str, created=str, command=str, provenance=dict, results=dict, verdict=str)),
+    'surface': Schema('loss surface', 1, (1,), dict(run=str, config=dict, settings=dict, images=int, seed=int, key=str, provenance=dict,
+                                                   axis=list, loss=list, radius=NUMBER)),
+    'theory': Schema('theory checks', 1, (1,), dict(run=str, config=dict, settings=dict, images=int, seed=int, key=str, provenance=dict,
+                                                   taylor_slope=NUMBER, holder_max=NUMBER, flow_gradient_norm=NUMBER, input_gradient_norm=NUMBER,
+                                                   tightness_median=NUMBER, eq15_holds=bool)),
+    'grid': Schema('grid launch', 1, (1,), dict(profile=str, device=str, results=list, seconds=NUMBER, provenance=dict))}
 
 def record_format(kind:str, version:int|None=None) -> str:
     "The `format` field of a `kind` record at `version` (default: the current one), e.g. 'fgr-run-1'."

@@ -219,7 +219,7 @@ def _read_record(path:Path, config_hash:str, data_fingerprint:str) -> dict:
     if record.get('config_hash') != config_hash: raise RunError("the record belongs to another configuration; " + _fix('the record', path))
     if record.get('data', {}).get('fingerprint') != data_fingerprint:
         raise RunError("the finished run was trained on different data; " + _fix('the record', path))
-    return record
+    return dict(record, run_dir=str(path.parent), checkpoint=str(path.parent / 'checkpoint.pt'))   # where it is now: records travel
 
 def _move_aside(folder:Path) -> Path:
     "Rename `folder` to `<name>.replaced-<UTC time>` (never overwriting), and return the new path."
