@@ -29,17 +29,18 @@ def test_the_window_at_tiny_returns_every_row_without_checkpoints(archive, tmp_p
     into, P = tmp_path / 'results', get_profile('tiny')
     written = import_archive(archive, into)
     assert written and not any(p.name == 'checkpoint.pt' for p in written)
-    rows = read_table1(into / 'tiny' / 'table1-tiny.json')
-    assert len(rows) == len(P.rows) and len(read_record(into / 'tiny' / 'unseen-tiny.json', 'unseen')['rows']) == len(P.rows)
+    window = next((into / 'windows').iterdir())                        # what describes this window: manifest, grid, tables
+    rows = read_table1(window / 'tiny' / 'table1-tiny.json')
+    assert len(rows) == len(P.rows) and len(read_record(window / 'tiny' / 'unseen-tiny.json', 'unseen')['rows']) == len(P.rows)
     folders = sorted((into / 'tiny' / 'runs').iterdir())
     assert len(folders) == len(P.rows)
     for f in folders:
         read_record(f / 'record.json', 'run')
         kinds = {e.name.split('-')[0] for e in (f / 'eval').glob('*.json')}
         assert {'clean', 'ss', 'ms', 'ob', 'gf', 'strong', 'surface', 'theory'} <= kinds, (f.name, kinds)
-    manifest = read_record(into / 'tiny' / 'grid.json', 'grid')
-    assert {r['status'] for r in manifest['results']} == {'done'}
-    window = json.loads(next((into / 'windows').glob('*.json')).read_text())
+    grid = read_record(next((window / 'tiny').glob('grid-tiny-*.json')), 'grid')
+    assert {r['status'] for r in grid['results']} == {'done'}
+    window = json.loads((window / 'window.json').read_text())
     assert window['checks']['step_flops']['fgr'] > window['checks']['step_flops']['standard'] > 0   # counted, not typed
     assert window['wall_time_s'] > 0 and window['provenance']['device'] == 'cpu'
 
@@ -48,7 +49,7 @@ def test_importing_again_writes_nothing_and_never_overwrites(archive, tmp_path):
     into = tmp_path / 'results'
     import_archive(archive, into)
     assert import_archive(archive, into) == []                          # the same files: nothing to do
-    table = into / 'tiny' / 'table1-tiny.json'
+    table = next((into / 'windows').iterdir()) / 'tiny' / 'table1-tiny.json'
     table.write_text(table.read_text() + ' ')                           # someone's edit
     before = sorted(p for p in into.rglob('*'))
     with pytest.raises(SystemExit, match='would be overwritten'): import_archive(archive, into)
@@ -58,7 +59,7 @@ def test_importing_again_writes_nothing_and_never_overwrites(archive, tmp_path):
 def test_an_archive_with_a_file_that_is_not_a_record_is_refused(tmp_path):
     bad = tmp_path / 'bad.tar.gz'
     with tarfile.open(bad, 'w:gz') as tar:
-        for name, data in (('window.json', b'{"created": "2026-01-01T00:00:00Z"}'), ('tiny/table1-tiny.json', b'{"rows": []}')):
+        for name, data in (('window.json', b'{"created": "2026-01-01T00:00:00Z"}'), ('tiny/runs/x/record.json', b'{"config": {}}')):
             info = tarfile.TarInfo(name); info.size = len(data); tar.addfile(info, io.BytesIO(data))
     with pytest.raises(SystemExit, match='not a record this code reads'): import_archive(bad, tmp_path / 'results')
     assert not (tmp_path / 'results').exists()

@@ -6,8 +6,9 @@
          tables, the grid record, and a manifest (window.json: the GPU, torch, the commit, the wall time, every row's
          status, the checks) in one tar.gz. Rows that did not finish are listed in the manifest and packed with nothing.
   import (here)                    python tools/window_records.py import A.tar.gz [--into results]
-         Checks every record in the archive (its kind and schema) and copies it to <into>/<profile>/, the manifest to
-         <into>/windows/; a file already there with other contents is refused, never overwritten."""
+         Checks every record in the archive (its kind and schema) and copies the run folders to <into>/<profile>/runs/,
+         and what describes this window (the manifest, the grid records, the tables made from the rows it had finished)
+         to <into>/windows/<its start time>/; a file already there with other contents is refused, never overwritten."""
 import argparse, dataclasses, io, json, os, shutil, sys, tarfile, tempfile, time
 from pathlib import Path
 
@@ -19,6 +20,17 @@ def kind_of(path:Path) -> str:
     if path.name == 'record.json': return 'run'
     if path.parent.name == 'eval': return KINDS.get(path.name.split('-')[0], 'evaluation')
     return KINDS[path.name.split('-')[0].split('.')[0]]
+
+
+def progress(P, row:str) -> dict:
+    "How far an unfinished row of profile `P` got: the per-epoch history in its last checkpoint (none if it has none)."
+    import torch
+    from fgr.experiments import find_row, row_config
+    from fgr.train import run_dir
+    path = run_dir(row_config(P, find_row(P, row))) / 'checkpoint.pt'
+    if not path.exists(): return dict(epochs_done=0, history=[])
+    state = torch.load(path, map_location='cpu', weights_only=True)
+    return dict(epochs_done=state['epoch'], history=state['history'])
 
 
 def pack(grids:list[Path], checks:Path|None, started:float, out:Path) -> dict:
@@ -33,8 +45,9 @@ def pack(grids:list[Path], checks:Path|None, started:float, out:Path) -> dict:
         grid = read_record(g, 'grid')
         P, device = get_profile(grid['profile']), grid['device']
         done = [r for r in grid['results'] if r['status'] == 'done']
-        statuses[P.name] = [dict(row=r['row'], status=r['status'], seconds=r.get('seconds'), error=r.get('error')) for r in grid['results']]
-        files[f"{P.name}/grid.json"] = g
+        statuses[P.name] = [dict(row=r['row'], status=r['status'], seconds=r.get('seconds'), error=r.get('error'),
+                                 **({} if r['status'] == 'done' else progress(P, r['row']))) for r in grid['results']]
+        files[f"{P.name}/{g.name}"] = g
         if not done: continue
         finished = dataclasses.replace(P, rows=tuple(find_row(P, r['row']) for r in done))
         table1(finished, device); unseen_table(finished, device)         # read from the cached evaluations: nothing is trained
@@ -65,13 +78,14 @@ def import_archive(archive:Path, into:Path) -> list[Path]:
         tar.extractall(tmp)
         root = Path(tmp)
         manifest = json.loads((root / 'window.json').read_text())
-        plan = {into / 'windows' / f"{manifest['created'].replace(':', '')}.json": root / 'window.json'}
+        window = into / 'windows' / manifest['created'].replace(':', '')
+        plan = {window / 'window.json': root / 'window.json'}
         for f in sorted(root.rglob('*.json')):
             rel = f.relative_to(root)
             if rel.name == 'window.json' and len(rel.parts) == 1: continue
             try: check_record(json.loads(f.read_text()), kind_of(rel), str(rel))
             except (ValueError, KeyError) as e: raise SystemExit(f"error: {rel} in {archive} is not a record this code reads: {e}")
-            plan[into / rel] = f
+            plan[into / rel if 'runs' in rel.parts else window / rel] = f
         clash = [str(dst) for dst, src in plan.items() if dst.exists() and dst.read_bytes() != src.read_bytes()]
         if clash: raise SystemExit(f"error: {len(clash)} files would be overwritten with other contents, e.g. {clash[0]}: nothing was imported")
         written = []
