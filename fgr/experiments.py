@@ -6,11 +6,11 @@
 __all__ = ['NAMES', 'PAPER_LAMBDAS', 'SWEEP_LAMBDAS', 'TINY_LAMBDAS', 'ALL_ROWS', 'PAPER_PROFILE_LR', 'MINI_LAMBDAS',
            'GPU_LAMBDAS', 'FAST_ATTACKS', 'PROFILES', 'COLUMNS', 'BEYOND', 'ATTACK_COLUMNS', 'PENALISED', 'PAGE_PX',
            'Profile', 'defence_rows', 'get_profile', 'attack_settings', 'runs_dir', 'row_id', 'row_config', 'run_row',
-           'unseen_evaluations', 'page_evaluations', 'evaluate_row', 'table1_path', 'table1', 'read_table1',
-           'paper_table1', 'paper_row', 'claims', 'select_lambda', 'mark_selected', 'one_per_defence', 'shown_rows',
-           'row_checks', 'loss_surface', 'theory_checks', 'model_data', 'figure3_data', 'theory_data',
-           'training_throughput', 'find_row', 'markdown_table', 'describe', 'row_title', 'checked_claims',
-           'check_legible']
+           'unseen_evaluations', 'page_evaluations', 'evaluate_row', 'table1_path', 'table1_rows', 'table1',
+           'read_table1', 'results_dir', 'committed_runs', 'committed_table1', 'paper_table1', 'paper_row', 'claims',
+           'select_lambda', 'mark_selected', 'one_per_defence', 'shown_rows', 'row_checks', 'loss_surface',
+           'theory_checks', 'model_data', 'figure3_data', 'theory_data', 'training_throughput', 'find_row',
+           'markdown_table', 'describe', 'row_title', 'checked_claims', 'check_legible']
 
 # %% ../nbs/10_experiments.ipynb #85f33dbc
 import csv, json, os
@@ -65,7 +65,7 @@ PAPER_LAMBDAS = {d: lams for d, lams in PENALTY_LAMBDAS.items() if lams}        
 SWEEP_LAMBDAS = dict(igr=(1000., 3000., 5000., 7000., 10000.), fgr=(100., 300., 400., 700., 1000.), fgr_adt=(100., 300., 400., 700., 1000.))
 TINY_LAMBDAS = dict(igr=(500., 5000., 50000.), fgr=(70., 700., 7000.), fgr_adt=(700.,))
 ALL_ROWS = tuple(r for ds in ('cifar10', 'cifar100') for arch in ('vgg11', 'resnet18') for r in defence_rows(ds, arch, PAPER_LAMBDAS))
-PAPER_PROFILE_LR = 0.01   # not the paper's 0.1: at full width our VGG-11 does not train at 0.1 (page 'Why the penalised models collapse')
+PAPER_PROFILE_LR = 0.01   # not the paper's 0.1: at full width Standard ends higher at 0.01 after the gpu profile's 15 epochs (page 'Why the penalised models collapse')
 MINI_LAMBDAS = dict(igr=(5000., 15000., 40000.), fgr=(700., 2000., 5000., 8000., 12000.), fgr_adt=(2000., 6000.))   # from Table 1's up, to reach AT's clean accuracy
 GPU_LAMBDAS = dict(igr=(3000., 10000., 40000.), fgr=(400., 1000., 3000.), fgr_adt=(700., 3000.))   # Table 1's and above: where do they land at full width?
 FAST_ATTACKS = dict(ob=dict(iterations=30), gf=dict(iterations=10, population=10), strong=dict(iterations=10, restarts=1),
@@ -179,22 +179,47 @@ def table1_path(profile:Profile) -> Path:
     "Where `table1` writes the profile's rows: <runs dir>/table1-<profile>.json."
     return runs_dir() / f"table1-{profile.name}.json"
 
-def table1(profile:Profile, device:str='cpu') -> list[dict]:
-    "Table 1's rows at `profile` (training and evaluating what is missing), with `selected` and the failed sanity checks marked; also written to `table1_path`."
+def table1_rows(profile:Profile, results:dict, device:str='cpu') -> list[dict]:
+    "Table 1's rows of `results` ({row: `run_row`'s result}) at `profile`, with `selected` and the failed sanity checks marked."
     rows = []
-    for r in profile.rows:
-        res, (ds, arch, d, lam) = run_row(profile, r, device), r
+    for r, res in results.items():
+        ds, arch, d, lam = r
         rows.append(dict(row=row_id(r), dataset=ds, arch=arch, defense=d, lam=lam, **{c: res[c]['accuracy'] for c in COLUMNS + BEYOND},
                          eval_images=profile.eval_images, did_not_learn=did_not_learn(res['record']['metrics']['test_accuracy'], DATASETS[ds]),
                          failed_checks=[c['check'] for c in row_checks(profile, res, device) if not c['passed']]))
     rows = [dict(r, compared=profile.compare_near_chance or not r['did_not_learn']) for r in rows]
     chosen = {r['row']: r['selected'] for r in mark_selected([r for r in rows if r['compared']])[0]}
-    rows = [dict(r, selected=chosen.get(r['row'], False if r['defense'] in PENALISED else None)) for r in rows]
+    return [dict(r, selected=chosen.get(r['row'], False if r['defense'] in PENALISED else None)) for r in rows]
+
+def table1(profile:Profile, device:str='cpu') -> list[dict]:
+    "Table 1's rows at `profile` (training and evaluating what is missing), as `table1_rows` marks them; also written to `table1_path`."
+    rows = table1_rows(profile, {r: run_row(profile, r, device) for r in profile.rows}, device)
     return write_record(table1_path(profile), 'table1', dict(profile=profile.name, rows=rows))['rows']
 
 def read_table1(path) -> list[dict]:
     "The rows of a Table 1 record written by `table1`, or a `fgr.records.RecordError` (a `ValueError`) saying what the file is not."
     return read_record(path, 'table1')['rows']
+
+# %% ../nbs/10_experiments.ipynb #ex000212
+def results_dir() -> Path:
+    "Where the committed records of profiles run elsewhere live: $FGR_RESULTS, else results/ at the top of the repository."
+    return Path(os.environ.get('FGR_RESULTS') or Path(fgr.__file__).resolve().parents[1] / 'results')
+
+def committed_runs(profile:Profile) -> dict:
+    "{row: training record} of the rows of `profile` committed under results/<profile>/runs/, each pointing at its folder there; rows without one are left out."
+    from fgr.train import run_dir
+    out = {}
+    for r in profile.rows:
+        folder = results_dir() / profile.name / 'runs' / run_dir(row_config(profile, r)).name
+        if (folder / 'record.json').exists():
+            out[r] = dict(read_record(folder / 'record.json', 'run'), run_dir=str(folder), checkpoint=str(folder / 'checkpoint.pt'))
+    return out
+
+def committed_table1(profile:Profile) -> list[dict]:
+    "Table 1's rows of the committed runs of `profile` (`table1_rows`), every accuracy read from a committed evaluation."
+    results = {r: dict(record=rec, **{c: evaluate(rec, c, images=profile.eval_images, settings=attack_settings(profile, c)) for c in COLUMNS + BEYOND})
+               for r, rec in committed_runs(profile).items()}
+    return table1_rows(profile, results)
 
 # %% ../nbs/10_experiments.ipynb #724ca501
 def paper_table1(path=None) -> list[dict]:

@@ -63,3 +63,16 @@ def test_an_archive_with_a_file_that_is_not_a_record_is_refused(tmp_path):
             info = tarfile.TarInfo(name); info.size = len(data); tar.addfile(info, io.BytesIO(data))
     with pytest.raises(SystemExit, match='not a record this code reads'): import_archive(bad, tmp_path / 'results')
     assert not (tmp_path / 'results').exists()
+
+
+def test_the_imported_records_give_table1_without_a_checkpoint(archive, tmp_path, monkeypatch):
+    "What a page shows of a profile run elsewhere: Table 1 rebuilt from the committed records alone equals the one made where the models were."
+    from fgr.experiments import committed_runs, committed_table1
+    into, P = tmp_path / 'results', get_profile('tiny')
+    import_archive(archive, into)
+    monkeypatch.setenv('FGR_RESULTS', str(into))
+    monkeypatch.setenv('FGR_RUNS', str(tmp_path / 'empty-runs'))     # nothing to fall back on
+    runs = committed_runs(P)
+    assert set(runs) == set(P.rows) and not any(Path(r['checkpoint']).exists() for r in runs.values())
+    made_there = read_table1(next((into / 'windows').iterdir()) / 'tiny' / 'table1-tiny.json')
+    assert committed_table1(P) == made_there
