@@ -10,7 +10,7 @@ export PYTHONHASHSEED := 0
 
 MATHJAX := .cache/static/mathjax/es5/tex-chtml.js
 
-.PHONY: venv export book grid grid-deps test check-sync check-clean pytest nbtest book-build browser clean bench bench-full gpu-data gpu-check
+.PHONY: venv export book grid grid-deps test check-sync check-clean pytest nbtest book-build browser clean bench bench-full gpu-data gpu-check gpu-window
 
 # The venv is rebuilt only when the pins or the package metadata change: a second run installs nothing.
 # uv installs the pins, in parallel: the install step of .ci/run took 62 s here, against 127 s with pip. It compiles
@@ -99,6 +99,10 @@ gpu-data: $(STAMP)
 # Runs where the venv is not (a bare GPU machine with its own torch): no dependency on the stamp.
 gpu-check:
 	bash tools/gpu_check.sh
+
+# The GPU window (README): the gpu profile's grids on a lent GPU, or the tiny profile on a CPU; then import its archive.
+gpu-window:
+	bash tools/gpu_window.sh
 
 clean:
 	rm -rf book/_build book/chapters book/experiments book/intro.ipynb .cache/executed

@@ -9,7 +9,7 @@ from fgr.data import find_data_root
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def pack(out:Path, train:int=20000, test:int=2000, seed:int=0) -> Path:
+def pack(out:Path, train:int=25000, test:int=2000, seed:int=0) -> Path:
     "Write `train` and `test` CIFAR-10 images (random by `seed`, the same number per class) from the offline folders to the tar.gz `out`."
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
@@ -28,7 +28,7 @@ def pack(out:Path, train:int=20000, test:int=2000, seed:int=0) -> Path:
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument('--train', type=int, default=20000, help="training images")
+    p.add_argument("--train", type=int, default=25000, help="training images (all 25,000 of the offline folders)")
     p.add_argument('--test', type=int, default=2000, help="test images")
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--out', type=Path, default=ROOT / '.cache' / 'gpu-data' / 'cifar10-subset.tar.gz')
