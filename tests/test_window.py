@@ -76,3 +76,4 @@ def test_the_imported_records_give_table1_without_a_checkpoint(archive, tmp_path
     assert set(runs) == set(P.rows) and not any(Path(r['checkpoint']).exists() for r in runs.values())
     made_there = read_table1(next((into / 'windows').iterdir()) / 'tiny' / 'table1-tiny.json')
     assert committed_table1(P) == made_there
+

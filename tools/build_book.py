@@ -20,7 +20,7 @@ each notebook (`ForkingKernelManager`), so that no kernel spends seconds importi
 to bottom in a kernel of its own, as `papermill` alone would run it. Where a worker's zygote failed to start, or could
 not start single-threaded, its kernels start as subprocesses.
 """
-import argparse, hashlib, json, os, re, shlex, signal, socket, subprocess, sys, tempfile, threading, time, traceback, uuid
+import argparse, hashlib, json, os, re, shlex, shutil, signal, socket, subprocess, sys, tempfile, threading, time, traceback, uuid
 import multiprocessing
 from multiprocessing.connection import Connection
 from concurrent.futures import ProcessPoolExecutor
@@ -215,6 +215,16 @@ def run_job(job: tuple, digest: str) -> None:
     print(f"{'executed' if ran else 'up to date'}: {src.relative_to(ROOT)} {parameters or ''} -> {dst.relative_to(ROOT)}", flush=True)
 
 
+def remove_stale_rows(folder: Path, keep: list, rendered: Path) -> list[Path]:
+    "Remove the row pages in `folder` not in `keep` (rows of another profile) and, if any, the rendered book `rendered`, which Sphinx would keep them in."
+    stale = [f for f in folder.glob('*.ipynb') if f not in keep]
+    for f in stale: f.unlink()
+    if stale and rendered.exists():
+        shutil.rmtree(rendered)
+        print(f"build_book: {len(stale)} row pages of another profile removed, and the rendered book with them")
+    return stale
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--profile', default='mini', help='experiment profile: tiny, mini or paper')
@@ -235,8 +245,7 @@ def main(argv=None):
         if target.parent == ROOT / 'book' / 'chapters': jobs.append((ROOT / 'nbs' / target.name, target, {}))
         elif target.parent in (ROOT / 'book' / 'experiments', ROOT / 'book'):     # the front page reads the records too
             jobs.append((ROOT / 'nbs' / 'experiments' / target.name, target, params))
-    for stale in (ROOT / 'book' / 'experiments' / 'runs').glob('*.ipynb'):
-        if stale not in [dst for _, dst, _ in jobs]: stale.unlink()     # a row of another profile
+    remove_stale_rows(ROOT / 'book' / 'experiments' / 'runs', [dst for _, dst, _ in jobs], ROOT / 'book' / '_build')
     for src, dst, _ in jobs:
         if not src.exists(): sys.exit(f"_toc.yml names {dst.relative_to(ROOT)}, but there is no notebook {src}")
     rows = len(profile.rows)
