@@ -88,7 +88,7 @@ def load_cifar(name:str, split:str, root=None) -> tuple[torch.Tensor, torch.Tens
     "CIFAR `name` ('cifar10'|'cifar100') `split` ('train'|'test') as uint8 images (N, 3, 32, 32) and int64 labels (N,)."
     kind, path = find_data_root(name, split, root)
     cache = _cache_path(kind, path, name, split) if kind != 'download' else None
-    if cache is not None and cache.exists(): return torch.load(cache)
+    if cache is not None and cache.exists(): return torch.load(cache, weights_only=True)
     try:
         if kind == 'folder': data = _read_folder(path, name)
         else: data = _read_torchvision(path, name, split, download=kind == 'download')

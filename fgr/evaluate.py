@@ -7,7 +7,7 @@ __all__ = ['TABLE1', 'ATTACKS', 'TABLE1_SETTINGS', 'robust_accuracy', 'load_mode
            'main']
 
 # %% ../nbs/09_evaluate.ipynb #51197e85
-import argparse, builtins, hashlib, json, math, sys, time
+import argparse, builtins, hashlib, json, math, pickle, re, sys, time
 from pathlib import Path
 import torch
 import torch.nn as nn
@@ -53,7 +53,11 @@ def load_model(record:dict, device='cpu') -> nn.Module:
     "The trained model of a training `record` (from `fgr.train.train`), in eval mode on `device`."
     cfg = record['config']
     model = make_model(cfg['arch'], DATASETS[cfg['dataset']], cfg['width'])
-    state = torch.load(record['checkpoint'], map_location=device, weights_only=False)
+    try: state = torch.load(record['checkpoint'], map_location=device, weights_only=True)   # tensors and plain data only
+    except pickle.UnpicklingError as e:                  # anything else would be unpickled by running code named in the file
+        found = re.search(r'\bGLOBAL (\S+)', str(e))   # what the file names to call, as torch's message says
+        raise ValueError(f"refusing to load {record['checkpoint']}: it holds objects other than tensors and plain data"
+                         f"{f' (here {found[1]})' if found else ''}, which could run code when loaded") from None
     if state.get('config_hash') != record['config_hash']:
         raise ValueError(f"{record['checkpoint']} belongs to another run (config hash {str(state.get('config_hash'))[:12]}, "
                          f"record {record['config_hash'][:12]})")
