@@ -5,12 +5,13 @@
 # %% auto #0
 __all__ = ['NAMES', 'PAPER_LAMBDAS', 'SWEEP_LAMBDAS', 'TINY_LAMBDAS', 'ALL_ROWS', 'PAPER_PROFILE_LR', 'MINI_LAMBDAS',
            'GPU_LAMBDAS', 'FAST_ATTACKS', 'PROFILES', 'COLUMNS', 'BEYOND', 'ATTACK_COLUMNS', 'PENALISED', 'PAGE_PX',
-           'Profile', 'defence_rows', 'get_profile', 'attack_settings', 'runs_dir', 'row_id', 'row_config', 'run_row',
-           'unseen_evaluations', 'page_evaluations', 'evaluate_row', 'table1_path', 'table1_rows', 'table1',
+           'COLOURS', 'Profile', 'defence_rows', 'get_profile', 'attack_settings', 'runs_dir', 'row_id', 'row_config',
+           'run_row', 'unseen_evaluations', 'page_evaluations', 'evaluate_row', 'table1_path', 'table1_rows', 'table1',
            'read_table1', 'results_dir', 'committed_runs', 'committed_table1', 'paper_table1', 'paper_row', 'claims',
            'select_lambda', 'mark_selected', 'one_per_defence', 'shown_rows', 'row_checks', 'loss_surface',
-           'theory_checks', 'model_data', 'figure3_data', 'theory_data', 'training_throughput', 'find_row',
-           'markdown_table', 'describe', 'row_title', 'checked_claims', 'check_legible']
+           'theory_checks', 'model_data', 'figure3_data', 'deformation_example', 'example_data', 'theory_data',
+           'training_throughput', 'find_row', 'markdown_table', 'describe', 'row_title', 'checked_claims',
+           'check_legible', 'draw_tradeoff']
 
 # %% ../nbs/10_experiments.ipynb #85f33dbc
 import csv, json, os
@@ -165,13 +166,14 @@ def page_evaluations(profile:Profile) -> list[tuple[str, dict, int]]:
     return out + [(family, settings, images) for family, _, settings, images in unseen_evaluations(profile)]
 
 def evaluate_row(profile:Profile, row:tuple, device:str='cpu') -> dict:
-    """`run_row`, then every other evaluation of `page_evaluations` and the data of Figure 3 and of the theory page (all cached
-    as records, so that the pages need no checkpoint); returns `run_row`'s result."""
+    """`run_row`, then every other evaluation of `page_evaluations` and the data of Figure 3, of the theory page and, for
+    Standard, of the front page's picture (all cached as records, so that the pages need no checkpoint); returns `run_row`'s result."""
     result = run_row(profile, row, device)
     for attack, settings, images in page_evaluations(profile)[len(COLUMNS + BEYOND):]:
         evaluate(result['record'], attack, images=images, settings=settings, device=device, batch_size=profile.eval_batch_size)
     figure3_data(profile, result['record'], device)
     theory_data(result['record'], device)
+    if row[2] == 'standard': example_data(result['record'], device)   # the front page's picture
     return result
 
 # %% ../nbs/10_experiments.ipynb #c1a1b202
@@ -379,6 +381,19 @@ def figure3_data(profile:Profile, record:dict, device:str='cpu') -> dict:
     settings = dict(radius=0.02, steps=profile.figure3_steps, epsilon=0.01)
     return model_data(record, 'surface', lambda m, x, y: loss_surface(m, x, y, **settings), profile.figure3_images, 1, settings, device)
 
+def deformation_example(model:torch.nn.Module, x:torch.Tensor, y:torch.Tensor, epsilon:float=0.01) -> dict:
+    "MS at Table 1's budget `epsilon` on images `x`: the images and their deformations (8-bit), the flows in pixels, labels and predictions."
+    from fgr.attacks import multi_step
+    from fgr.warp import flow_to_pixels
+    out, eight_bit = multi_step(model, x, y, epsilon=epsilon), lambda t: (t * 255).round().to(torch.uint8).cpu().tolist()
+    with torch.no_grad(): clean, deformed = model(x).argmax(1), model(out.x_adv).argmax(1)
+    return dict(image=eight_bit(x), deformed=eight_bit(out.x_adv), flow_px=flow_to_pixels(out.flow, *x.shape[2:]).cpu().round(decimals=4).tolist(),
+                label=y.cpu().tolist(), predicted=clean.cpu().tolist(), predicted_deformed=deformed.cpu().tolist())
+
+def example_data(record:dict, device:str='cpu', images:int=3) -> dict:
+    "The front page's picture of `record`'s model: `deformation_example` on `images` fixed test images (an 'example' record)."
+    return model_data(record, 'example', deformation_example, images, 3, dict(epsilon=0.01), device)
+
 def theory_data(record:dict, device:str='cpu') -> dict:
     "The theory checks of the run `record` on 100 test images (a 'theory' record)."
     return model_data(record, 'theory', theory_checks, 100, 2, {}, device)
@@ -441,3 +456,17 @@ def check_legible(fig, min_pt:float=8.0, page_px:int=PAGE_PX) -> None:
     small = sorted({(t.get_text(), round(t.get_fontsize() * scale, 1)) for t in fig.findobj(Text)
                     if t.get_visible() and t.get_text().strip() and t.get_fontsize() * scale < min_pt})
     if small: raise ValueError(f"{len(small)} texts below {min_pt} pt at {page_px} px wide, e.g. {small[:3]}: enlarge the fonts")
+
+# %% ../nbs/10_experiments.ipynb #ex000602
+COLOURS = {'standard': 'black', 'at': 'tab:purple', 'igr': 'tab:orange', 'adt': 'tab:green', 'fgr': 'tab:blue', 'fgr_adt': 'tab:red'}
+
+def draw_tradeoff(ax, table:list[dict], column:str, faded:bool=False, label_lams:bool=True):
+    "On `ax`: robust accuracy under `column` against clean accuracy for Table 1's `table`, a curve per penalised defence (λ written beside its points) and a point per other defence."
+    for d, colour in COLOURS.items():
+        pts = sorted((r['clean'], r[column], r['lam']) for r in table if r['defense'] == d)
+        if not pts: continue
+        kw = dict(color=colour, alpha=0.35 if faded else 1.0, label=None if faded else NAMES[d])
+        if d in PENALISED: ax.plot([p[0] for p in pts], [p[1] for p in pts], 'o--' if faded else 'o-', mfc='none' if faded else colour, **kw)
+        else: ax.plot([p[0] for p in pts], [p[1] for p in pts], 's', mfc='none' if faded else colour, ms=7, **kw)
+        if d in PENALISED and label_lams and not faded:
+            for x, y, lam in pts: ax.annotate(f"{lam:g}", (x, y), textcoords='offset points', xytext=(4, 3), fontsize=10, color=colour)

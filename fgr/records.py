@@ -41,6 +41,8 @@ SCHEMAS = {
     'theory': Schema('theory checks', 1, (1,), dict(run=str, config=dict, settings=dict, images=int, seed=int, key=str, provenance=dict,
                                                    taylor_slope=NUMBER, holder_max=NUMBER, flow_gradient_norm=NUMBER, input_gradient_norm=NUMBER,
                                                    tightness_median=NUMBER, eq15_holds=bool)),
+    'example': Schema('deformation example', 1, (1,), dict(run=str, config=dict, settings=dict, images=int, seed=int, key=str, provenance=dict,
+                                                          image=list, deformed=list, flow_px=list, label=list, predicted=list, predicted_deformed=list)),
     'grid': Schema('grid launch', 1, (1,), dict(profile=str, device=str, results=list, seconds=NUMBER, provenance=dict))}
 
 def record_format(kind:str, version:int|None=None) -> str:

@@ -38,6 +38,7 @@ def test_the_window_at_tiny_returns_every_row_without_checkpoints(archive, tmp_p
         read_record(f / 'record.json', 'run')
         kinds = {e.name.split('-')[0] for e in (f / 'eval').glob('*.json')}
         assert {'clean', 'ss', 'ms', 'ob', 'gf', 'strong', 'surface', 'theory'} <= kinds, (f.name, kinds)
+        assert ('example' in kinds) == ('-standard-' in f.name)          # the front page's picture, of Standard models
     grid = read_record(next((window / 'tiny').glob('grid-tiny-*.json')), 'grid')
     assert {r['status'] for r in grid['results']} == {'done'}
     window = json.loads((window / 'window.json').read_text())

@@ -12,7 +12,7 @@
 import argparse, dataclasses, io, json, os, shutil, sys, tarfile, tempfile, time
 from pathlib import Path
 
-KINDS = {'record.json': 'run', 'table1': 'table1', 'unseen': 'unseen', 'grid': 'grid', 'surface': 'surface', 'theory': 'theory'}
+KINDS = {'record.json': 'run', 'table1': 'table1', 'unseen': 'unseen', 'grid': 'grid', 'surface': 'surface', 'theory': 'theory', 'example': 'example'}
 
 
 def kind_of(path:Path) -> str:
