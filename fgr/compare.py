@@ -16,9 +16,11 @@ def _beats(a:float, b:float, images:int|None) -> bool|None:
     return True if a - b > margin else (False if b - a >= margin else None)
 
 # %% ../nbs/08a_compare.ipynb #sa000002
-def sanity_checks(acc:dict, images:int|None, ms_curve:dict|None=None, curve_images:int|None=None) -> list[dict]:
+def sanity_checks(acc:dict, images:int|None, ms_curve:dict|None=None, curve_images:int|None=None, large:dict|None=None,
+                  chance:float=0.1) -> list[dict]:
     """The evaluation-sanity checks of one model: `acc` maps Table 1's columns (and 'strong', where run) to accuracies on
-    `images` test images, `ms_curve` maps ε to accuracy under MS on `curve_images`; each check as dict(check, passed, evidence)."""
+    `images` test images, `ms_curve` maps ε to accuracy under MS on `curve_images`, `large` maps budgets far beyond
+    Table 1's to MS's accuracy there (on `curve_images`), which must fall below half of `chance`; each check as dict(check, passed, evidence)."""
     chain = [c for c in ('clean', 'ss', 'ms', 'strong') if acc.get(c) is not None]
     out = [dict(check='stronger attacks find more: ' + ' ≥ '.join(c.upper() for c in chain),
                 passed=not any(_beats(acc[b], acc[a], images) for a, b in zip(chain, chain[1:])),
@@ -32,6 +34,10 @@ def sanity_checks(acc:dict, images:int|None, ms_curve:dict|None=None, curve_imag
         eps = sorted(ms_curve)
         out.append(dict(check='MS falls as ε grows', passed=not any(_beats(ms_curve[b], ms_curve[a], curve_images) for a, b in zip(eps, eps[1:])),
                         evidence=', '.join(f"ε {e:g}: {ms_curve[e]:.3f}" for e in eps)))
+    if large:
+        top = max(large)
+        out.append(dict(check=f"a large budget (MS at ε {top:g}) leaves about none", passed=large[top] < chance / 2,
+                        evidence=f"{large[top]:.3f} against chance {chance:.3f}"))
     return out
 
 # %% ../nbs/08a_compare.ipynb #c1a1b001

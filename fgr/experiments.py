@@ -45,6 +45,7 @@ class Profile:
     figure2_epsilons: tuple = (0.002, 0.005, 0.01, 0.015, 0.02)
     figure2_cs: tuple = (0.1, 1.0, 10.0, 100.0)
     figure2_images: int = 1000
+    large_epsilons: tuple = (0.1,)   # MS budgets far beyond Table 1's, where every real model's accuracy must be about zero (a sanity check)
     figure3_images: int = 16
     figure3_steps: int = 21
     unseen_images: int = 2000        # test images per evaluation beyond Table 1's threat model (page 'Unseen deformations')
@@ -161,7 +162,7 @@ def unseen_evaluations(profile:Profile) -> list[tuple[str, float, dict, int]]:
 def page_evaluations(profile:Profile) -> list[tuple[str, dict, int]]:
     "(attack, settings, images) of every evaluation the reproduction pages read from each model: Table 1's columns and the strong attack, Figure 2's curves, the unseen deformations."
     out = [(c, attack_settings(profile, c), profile.eval_images) for c in COLUMNS + BEYOND]
-    out += [('ms', {**attack_settings(profile, 'ms'), 'epsilon': e}, profile.figure2_images) for e in profile.figure2_epsilons]
+    out += [('ms', {**attack_settings(profile, 'ms'), 'epsilon': e}, profile.figure2_images) for e in tuple(profile.figure2_epsilons) + tuple(profile.large_epsilons)]
     out += [('ob', {**attack_settings(profile, 'ob'), 'c': c}, profile.figure2_images) for c in profile.figure2_cs]
     return out + [(family, settings, images) for family, _, settings, images in unseen_evaluations(profile)]
 
@@ -181,14 +182,14 @@ def table1_path(profile:Profile) -> Path:
     "Where `table1` writes the profile's rows: <runs dir>/table1-<profile>.json."
     return runs_dir() / f"table1-{profile.name}.json"
 
-def table1_rows(profile:Profile, results:dict, device:str='cpu') -> list[dict]:
-    "Table 1's rows of `results` ({row: `run_row`'s result}) at `profile`, with `selected` and the failed sanity checks marked."
+def table1_rows(profile:Profile, results:dict, device:str='cpu', cached_only:bool=False) -> list[dict]:
+    "Table 1's rows of `results` ({row: `run_row`'s result}) at `profile`, with `selected` and the failed sanity checks (`row_checks`) marked."
     rows = []
     for r, res in results.items():
         ds, arch, d, lam = r
         rows.append(dict(row=row_id(r), dataset=ds, arch=arch, defense=d, lam=lam, **{c: res[c]['accuracy'] for c in COLUMNS + BEYOND},
                          eval_images=profile.eval_images, did_not_learn=did_not_learn(res['record']['metrics']['test_accuracy'], DATASETS[ds]),
-                         failed_checks=[c['check'] for c in row_checks(profile, res, device) if not c['passed']]))
+                         failed_checks=[c['check'] for c in row_checks(profile, res, device, cached_only) if not c['passed']]))
     rows = [dict(r, compared=profile.compare_near_chance or not r['did_not_learn']) for r in rows]
     chosen = {r['row']: r['selected'] for r in mark_selected([r for r in rows if r['compared']])[0]}
     return [dict(r, selected=chosen.get(r['row'], False if r['defense'] in PENALISED else None)) for r in rows]
@@ -221,7 +222,7 @@ def committed_table1(profile:Profile) -> list[dict]:
     "Table 1's rows of the committed runs of `profile` (`table1_rows`), every accuracy read from a committed evaluation."
     results = {r: dict(record=rec, **{c: evaluate(rec, c, images=profile.eval_images, settings=attack_settings(profile, c)) for c in COLUMNS + BEYOND})
                for r, rec in committed_runs(profile).items()}
-    return table1_rows(profile, results)
+    return table1_rows(profile, results, cached_only=True)
 
 # %% ../nbs/10_experiments.ipynb #724ca501
 def paper_table1(path=None) -> list[dict]:
@@ -321,11 +322,18 @@ def shown_rows(profile:Profile, table:list[dict]) -> list[tuple]:
     return [r for r in profile.rows if row_id(r) in keep]
 
 # %% ../nbs/10_experiments.ipynb #sa000005
-def row_checks(profile:Profile, result:dict, device:str='cpu') -> list[dict]:
-    "`sanity_checks` of a `run_row` result at `profile`, with MS along Figure 2's budgets (evaluated if not yet cached)."
-    ms = {e: evaluate(result['record'], 'ms', images=profile.figure2_images, settings={**attack_settings(profile, 'ms'), 'epsilon': e},
-                      device=device, batch_size=profile.eval_batch_size)['accuracy'] for e in profile.figure2_epsilons}
-    return sanity_checks({c: result[c]['accuracy'] for c in COLUMNS + BEYOND if c in result}, profile.eval_images, ms, profile.figure2_images)
+def row_checks(profile:Profile, result:dict, device:str='cpu', cached_only:bool=False) -> list[dict]:
+    """`sanity_checks` of a `run_row` result at `profile`, with MS along Figure 2's budgets and at the large ones (evaluated
+    if not yet cached; with `cached_only`, a budget not evaluated yet is left out, as for records made by older code)."""
+    from fgr.evaluate import evaluation_key
+    def ms(e):
+        settings, rec = {**attack_settings(profile, 'ms'), 'epsilon': e}, result['record']
+        key = evaluation_key(rec, 'ms', settings, profile.figure2_images, 0)
+        if cached_only and not (Path(rec['run_dir']) / 'eval' / f"ms-{key[:16]}.json").exists(): return None
+        return evaluate(rec, 'ms', images=profile.figure2_images, settings=settings, device=device, batch_size=profile.eval_batch_size)['accuracy']
+    curve, large = ({e: a for e in eps if (a := ms(e)) is not None} for eps in (profile.figure2_epsilons, profile.large_epsilons))
+    return sanity_checks({c: result[c]['accuracy'] for c in COLUMNS + BEYOND if c in result}, profile.eval_images, curve, profile.figure2_images,
+                         large, 1 / DATASETS[result['record']['config']['dataset']])
 
 # %% ../nbs/10_experiments.ipynb #0c35e7dd
 def loss_surface(model:torch.nn.Module, x:torch.Tensor, y:torch.Tensor, radius:float=0.02, steps:int=21,

@@ -6,9 +6,10 @@
 __all__ = ['DEFENSES', 'SUBSET_SEED', 'NEAR_CHANCE', 'CHECKPOINT_FORMAT', 'GRAPHABLE', 'Objective', 'standard', 'attack_seed',
            'adversarial_training', 'adversarial_deformation', 'adt', 'igr', 'random_flow', 'fgr', 'fgr_adt',
            'train_step', 'make_optimizer', 'load_split', 'fingerprint', 'batches', 'evaluate_accuracy',
-           'mean_flow_gradient_norm', 'did_not_learn', 'RunError', 'config_hash', 'run_dir', 'save_checkpoint',
-           'load_checkpoint', 'rng_states', 'set_rng_states', 'lam_schedule', 'step_config', 'DivergenceError',
-           'make_stepper', 'train_epoch', 'train', 'end_epoch', 'build_parser', 'parse_config', 'main']
+           'mean_logit_margin', 'mean_flow_gradient_norm', 'did_not_learn', 'RunError', 'config_hash', 'run_dir',
+           'save_checkpoint', 'load_checkpoint', 'rng_states', 'set_rng_states', 'lam_schedule', 'step_config',
+           'DivergenceError', 'make_stepper', 'train_epoch', 'train', 'end_epoch', 'build_parser', 'parse_config',
+           'main']
 
 # %% ../nbs/08_train.ipynb #23e5ac2d
 import argparse, builtins, dataclasses, functools, hashlib, json, math, os, signal, sys, time, typing
@@ -135,6 +136,13 @@ def evaluate_accuracy(model:nn.Module, x:torch.Tensor, y:torch.Tensor, batch_siz
     check_images(x); check_labels(y, x)
     with torch.no_grad():
         return sum((model_logits(model, x[i:i+batch_size]).argmax(1) == y[i:i+batch_size]).sum().item() for i in range(0, len(x), batch_size)) / len(x)
+
+@_in_eval_mode
+def mean_logit_margin(model:nn.Module, x:torch.Tensor, batch_size:int=1000) -> float:
+    "Mean over images `x` of the gap between the model's two largest logits: its logit scale, in eval mode."
+    with torch.no_grad():
+        return torch.cat([model_logits(model, x[i:i+batch_size]).topk(2, dim=1).values.diff(dim=1).neg()[:, 0]
+                          for i in range(0, len(x), batch_size)]).mean().item()
 
 @_in_eval_mode
 def mean_flow_gradient_norm(model:nn.Module, x:torch.Tensor, y:torch.Tensor, batch_size:int=500) -> float:
@@ -334,7 +342,7 @@ def _finish(model, state, xte, yte, cfg, h, data, device, folder, record_path, e
     last = state['history'][-1]
     accuracy = evaluate_accuracy(model, xte, yte)
     metrics = dict(test_accuracy=accuracy, did_not_learn=did_not_learn(accuracy, DATASETS[cfg.dataset]),
-                   test_flow_gradient_norm=mean_flow_gradient_norm(model, xte, yte),
+                   test_flow_gradient_norm=mean_flow_gradient_norm(model, xte, yte), test_logit_margin=mean_logit_margin(model, xte),
                    train_accuracy=last['train_accuracy'], loss=last['loss'], penalty=last['penalty'], history=state['history'])
     record = dict(config=asdict(cfg), config_hash=h, run_dir=str(folder), checkpoint=str(folder / 'checkpoint.pt'), data=data,
                   metrics=metrics, provenance=provenance(device), wall_time_s=state['wall_time_s'], resumed_at=state['resumed_at'],
