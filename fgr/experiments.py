@@ -353,9 +353,9 @@ def loss_surface(model:torch.nn.Module, x:torch.Tensor, y:torch.Tensor, radius:f
 
 # %% ../nbs/10_experiments.ipynb #ex000302
 def theory_checks(model:torch.nn.Module, x:torch.Tensor, y:torch.Tensor, seed:int=0) -> dict:
-    "The theory chapter's checks of `model` (made float64) on images `x`: Taylor slope (Eq. 9), largest Hölder ratio (Eq. 10), mean gradient norms, Eq. 15."
+    "The theory chapter's checks of `model` (made float64) on images `x`: Taylor slope (Eq. 9), largest Hölder ratio (Eq. 10), mean gradient norms (the flow gradient's on both sides of the kink), Eq. 15."
     import numpy as np
-    from fgr.gradients import flow_gradient, input_gradient
+    from fgr.gradients import flow_gradient, flow_gradient_from_input_gradient, input_gradient
     from fgr.theory import taylor_errors, unit_flows, holder_ratios, warp_jacobian_norm
     model, x = model.double(), x.double()
     g, scales = torch.Generator().manual_seed(seed), torch.logspace(-4, -1, 5, dtype=torch.float64)
@@ -365,8 +365,10 @@ def theory_checks(model:torch.nn.Module, x:torch.Tensor, y:torch.Tensor, seed:in
     holder = holder_ratios(model, x, y, flows)
     gv = flow_gradient(model, x, y, 'sum').flatten(1).norm(dim=1)
     gx = input_gradient(model, x, y, 'sum').flatten(1).norm(dim=1)
+    left = flow_gradient_from_input_gradient(input_gradient(model, x, y, 'sum'), x, 'left').flatten(1).norm(dim=1)
     tight = gv / (warp_jacobian_norm(x) * gx)
     return dict(taylor_slope=float(slope), holder_max=float(holder.max()), flow_gradient_norm=float(gv.mean()), input_gradient_norm=float(gx.mean()),
+                flow_gradient_norm_left=float(left.mean()),
                 tightness_median=float(tight.median()), eq15_holds=bool((tight <= 1 + 1e-9).all()))
 
 def model_data(record:dict, kind:str, compute, images:int, seed:int, settings:dict, device:str='cpu') -> dict:

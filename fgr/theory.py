@@ -9,15 +9,13 @@ __all__ = ['one_sided_flow_gradient', 'taylor_errors', 'unit_flows', 'holder_rat
 import torch
 import torch.nn as nn
 from .warp import warp
-from .gradients import classification_loss, flow_gradient, input_gradient, forward_differences
+from .gradients import backward_differences, classification_loss, flow_gradient, input_gradient, forward_differences
 
 # %% ../nbs/04_theory.ipynb #c2df6a3a
 def one_sided_flow_gradient(model:nn.Module, x:torch.Tensor, y:torch.Tensor, direction:torch.Tensor) -> torch.Tensor:
     "Per-image ∇_{v0} L for a flow `direction`: forward differences where it is positive, backward where negative."
     gx = input_gradient(model, x, y, 'sum')
-    forward = forward_differences(x)
-    backward = forward_differences(x.flip(-1, -2)).flip(-2, -3).neg()   # differences toward the previous pixel
-    d = torch.where(direction[:, None] >= 0, forward, backward)
+    d = torch.where(direction[:, None] >= 0, forward_differences(x), backward_differences(x))
     return (gx[..., None] * d).sum(1)
 
 # %% ../nbs/04_theory.ipynb #799bb18f
