@@ -247,7 +247,7 @@ def gradient_free(model:nn.Module, x:torch.Tensor, y:torch.Tensor, c:float=10., 
         return attack_result(model, warp(x, flow), y, flow, 1 + iterations * population)
 
 # %% ../nbs/05_attacks.ipynb #at0beyd2
-BEYOND_THE_PAPER = ('strong_flow', 'rotation_translation', 'adef', 'elastic')   # defined in fgr.deformations
+BEYOND_THE_PAPER = ('strong_flow', 'stadv_protocol', 'rotation_translation', 'adef', 'elastic')   # defined in fgr.deformations
 
 def __getattr__(name:str):
     "The next chapter's attacks as attributes of this module: `from fgr.attacks import strong_flow`."

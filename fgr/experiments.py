@@ -4,14 +4,14 @@
 
 # %% auto #0
 __all__ = ['NAMES', 'PAPER_LAMBDAS', 'SWEEP_LAMBDAS', 'TINY_LAMBDAS', 'ALL_ROWS', 'PAPER_PROFILE_LR', 'MINI_LAMBDAS',
-           'GPU_LAMBDAS', 'FAST_ATTACKS', 'PROFILES', 'COLUMNS', 'BEYOND', 'ATTACK_COLUMNS', 'PENALISED', 'PAGE_PX',
-           'COLOURS', 'Profile', 'defence_rows', 'get_profile', 'attack_settings', 'runs_dir', 'row_id', 'row_config',
-           'run_row', 'unseen_evaluations', 'page_evaluations', 'evaluate_row', 'table1_path', 'table1_rows', 'table1',
-           'read_table1', 'results_dir', 'committed_runs', 'committed_table1', 'paper_table1', 'paper_row', 'claims',
-           'select_lambda', 'mark_selected', 'one_per_defence', 'shown_rows', 'row_checks', 'loss_surface',
-           'theory_checks', 'model_data', 'figure3_data', 'deformation_example', 'example_data', 'theory_data',
-           'training_throughput', 'find_row', 'markdown_table', 'describe', 'row_title', 'checked_claims',
-           'check_legible', 'draw_tradeoff']
+           'GPU_LAMBDAS', 'FAST_ATTACKS', 'PROFILES', 'COLUMNS', 'BEYOND', 'STADV_BOUNDS', 'ATTACK_COLUMNS',
+           'PENALISED', 'PAGE_PX', 'COLOURS', 'Profile', 'defence_rows', 'get_profile', 'attack_settings', 'runs_dir',
+           'row_id', 'row_config', 'run_row', 'unseen_evaluations', 'page_evaluations', 'evaluate_row', 'table1_path',
+           'table1_rows', 'table1', 'read_table1', 'results_dir', 'committed_runs', 'committed_table1', 'paper_table1',
+           'paper_row', 'claims', 'select_lambda', 'mark_selected', 'one_per_defence', 'shown_rows', 'row_checks',
+           'loss_surface', 'theory_checks', 'model_data', 'figure3_data', 'deformation_example', 'example_data',
+           'theory_data', 'training_throughput', 'find_row', 'markdown_table', 'describe', 'row_title',
+           'checked_claims', 'check_legible', 'draw_tradeoff']
 
 # %% ../nbs/10_experiments.ipynb #85f33dbc
 import csv, json, os
@@ -159,12 +159,15 @@ def unseen_evaluations(profile:Profile) -> list[tuple[str, float, dict, int]]:
     return out + [('adef', max(profile.adef_budgets_px), {**attack_settings(profile, 'adef'), 'max_norm_px': max(profile.adef_budgets_px)},
                    profile.unseen_images)]
 
+STADV_BOUNDS = (0.01, 0.05)   # the flow bounds at which MultiRobustBench's leaderboard reports its StAdv protocol
+
 def page_evaluations(profile:Profile) -> list[tuple[str, dict, int]]:
-    "(attack, settings, images) of every evaluation the reproduction pages read from each model: Table 1's columns and the strong attack, Figure 2's curves, the unseen deformations."
+    "(attack, settings, images) of every evaluation the reproduction pages read from each model: Table 1's columns and the strong attack, Figure 2's curves, the unseen deformations, the leaderboard's StAdv protocol."
     out = [(c, attack_settings(profile, c), profile.eval_images) for c in COLUMNS + BEYOND]
     out += [('ms', {**attack_settings(profile, 'ms'), 'epsilon': e}, profile.figure2_images) for e in tuple(profile.figure2_epsilons) + tuple(profile.large_epsilons)]
     out += [('ob', {**attack_settings(profile, 'ob'), 'c': c}, profile.figure2_images) for c in profile.figure2_cs]
-    return out + [(family, settings, images) for family, _, settings, images in unseen_evaluations(profile)]
+    out += [(family, settings, images) for family, _, settings, images in unseen_evaluations(profile)]
+    return out + [('stadv', {**attack_settings(profile, 'stadv'), 'bound': b}, profile.figure2_images) for b in STADV_BOUNDS]
 
 def evaluate_row(profile:Profile, row:tuple, device:str='cpu') -> dict:
     """`run_row`, then every other evaluation of `page_evaluations` and the data of Figure 3, of the theory page and, for
