@@ -63,6 +63,28 @@ def test_method_chapters_are_in_the_book(chapters):
             "09_evaluate", "10_experiments", "99_api"} <= set(chapters)
 
 
+def test_every_internal_link_resolves(chapters):
+    "Every link of every built page to another file of the book (pages, figures, notebooks, styles) leads to one that exists."
+    broken = []
+    for page_path in HTML.rglob('*.html'):
+        for href in re.findall(r'(?:href|src)="([^"#?]+)[^"]*"', page_path.read_text(encoding='utf-8')):
+            if re.match(r'[a-z]+:', href) or href.startswith('//'): continue          # http(s), mailto, data: off the book
+            target = (HTML / href.lstrip('/')) if href.startswith('/') else (page_path.parent / href)
+            if not target.exists(): broken.append(f"{page_path.relative_to(HTML)} → {href}")
+    assert not broken, f"{len(broken)} links lead nowhere, e.g. {broken[:5]}"
+
+
+def test_chapters_are_numbered_in_reading_order():
+    "The table of contents lists the library chapters by whole numbers that rise in reading order, with no letter suffixes."
+    import yaml
+    toc = yaml.safe_load((REPO / '_toc.yml').read_text())
+    names = [c['file'].rsplit('/', 1)[1] for part in toc['parts'] for c in part['chapters'] if c['file'].startswith('book/chapters/')]
+    numbers = [n.split('_', 1)[0] for n in names]
+    assert all(n.isdigit() for n in numbers), f"chapters with a letter in their number: {[n for n in names if not n.split('_', 1)[0].isdigit()]}"
+    assert [int(n) for n in numbers] == sorted(int(n) for n in numbers), f"chapters out of reading order: {names}"
+    assert {p.stem for p in (REPO / 'nbs').glob('*.ipynb')} == set(names), "every notebook of nbs/ is a chapter of the book"
+
+
 def test_no_nbdev_directives_are_shown(chapters):
     for name, (text, _) in chapters.items():
         assert not re.search(r'^\s*#\|', text, re.M), f"{name} shows a raw `#|` directive"

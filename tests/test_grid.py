@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 ROWS = ['cifar10-vgg11-standard', 'cifar10-vgg11-fgr-700', 'cifar10-vgg11-igr-5000']
 CORES = len(os.sched_getaffinity(0))
 # What the profiles written here evaluate: little of everything, so that a task's evaluations take seconds.
-SMALL = dict(width=1 / 16, test_limit=64, eval_images=16, figure2_epsilons=[], large_epsilons=[], figure2_cs=[], unseen_images=8,
+SMALL = dict(width=1 / 16, test_limit=64, eval_images=16, figure2_epsilons=[], large_epsilons=[], figure2_cs=[], figure2_images=8, unseen_images=8,
              rotation_levels=[[30., 3.]], elastic_px=[1.], adef_budgets_px=[1.],
              attack_settings={**FAST_ATTACKS, 'ob': dict(iterations=2), 'gf': dict(iterations=2, population=2)})
 
