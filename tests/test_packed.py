@@ -2,7 +2,7 @@
 ordinary trainer, finished members are reused, and a packed epoch is each member's epoch alone.
 
 On a small synthetic CIFAR-10 folder (random PNGs), like tests/test_train.py; the equality of a pack's objectives and
-gradients with the members' own is tested in nbs/08b_packed_train.ipynb (float64 and float32, VGG-11 and ResNet-18)."""
+gradients with the members' own is tested in nbs/11_packed_train.ipynb (float64 and float32, VGG-11 and ResNet-18)."""
 from pathlib import Path
 import pytest
 import torch
