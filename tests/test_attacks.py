@@ -208,8 +208,8 @@ def _seeded_net():
 
 def test_the_new_attacks_are_importable_from_fgr_attacks():
     from fgr import attacks, deformations
-    from fgr.attacks import strong_flow, rotation_translation, adef, elastic
-    assert (strong_flow, rotation_translation, adef, elastic) == tuple(getattr(deformations, n) for n in attacks.BEYOND_THE_PAPER)
+    from fgr.attacks import strong_flow, stadv_protocol, rotation_translation, adef, elastic
+    assert (strong_flow, stadv_protocol, rotation_translation, adef, elastic) == tuple(getattr(deformations, n) for n in attacks.BEYOND_THE_PAPER)
     with pytest.raises(AttributeError, match='no attribute'): attacks.stadv
 
 

@@ -328,5 +328,5 @@ def test_the_evaluate_command_attacks_a_trained_run(env, tmp_path):
     assert out.stdout.splitlines()[0].split() == ['attack', 'accuracy', 'queries/image', 'seconds']
     assert [l.split()[0] for l in out.stdout.splitlines()[1:-1]] == ['clean', 'ss']
     assert out.stdout.splitlines()[-1].startswith('sanity: '), out.stdout      # the experiments chapter's checks, passed or named
-    bad = subprocess.run(cmd[:4] + ['--attacks', 'stadv'], capture_output=True, text=True, env=env['sub'], cwd=REPO, timeout=300)
+    bad = subprocess.run(cmd[:4] + ['--attacks', 'fgsm'], capture_output=True, text=True, env=env['sub'], cwd=REPO, timeout=300)
     assert bad.returncode == 2 and 'valid attacks: clean, ss, ms, ob, gf' in bad.stderr
