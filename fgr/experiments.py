@@ -4,11 +4,12 @@
 
 # %% auto #0
 __all__ = ['NAMES', 'PAPER_LAMBDAS', 'SWEEP_LAMBDAS', 'TINY_LAMBDAS', 'ALL_ROWS', 'PAPER_PROFILE_LR', 'MINI_LAMBDAS',
-           'GPU_LAMBDAS', 'FAST_ATTACKS', 'PROFILES', 'COLUMNS', 'BEYOND', 'STADV_BOUNDS', 'ATTACK_COLUMNS',
-           'PENALISED', 'PAGE_PX', 'COLOURS', 'Profile', 'defence_rows', 'get_profile', 'attack_settings', 'runs_dir',
-           'row_id', 'row_config', 'run_row', 'unseen_evaluations', 'page_evaluations', 'evaluate_row', 'table1_path',
-           'table1_rows', 'table1', 'read_table1', 'results_dir', 'committed_runs', 'committed_table1', 'paper_table1',
-           'paper_row', 'claims', 'select_lambda', 'mark_selected', 'one_per_defence', 'shown_rows', 'row_checks',
+           'GPU_LAMBDAS', 'FAST_ATTACKS', 'PROFILES', 'COLUMNS', 'BEYOND', 'STADV_BOUNDS', 'SCALE_FREE',
+           'ATTACK_COLUMNS', 'PENALISED', 'PAGE_PX', 'COLOURS', 'Profile', 'defence_rows', 'get_profile',
+           'attack_settings', 'runs_dir', 'row_id', 'row_config', 'run_row', 'unseen_evaluations',
+           'scale_free_settings', 'page_evaluations', 'evaluate_row', 'table1_path', 'table1_rows', 'table1',
+           'read_table1', 'results_dir', 'committed_runs', 'committed_table1', 'paper_table1', 'paper_row', 'claims',
+           'select_lambda', 'mark_selected', 'one_per_defence', 'shown_rows', 'figure2_accuracy', 'row_checks',
            'loss_surface', 'theory_checks', 'model_data', 'figure3_data', 'deformation_example', 'example_data',
            'theory_data', 'training_throughput', 'find_row', 'markdown_table', 'describe', 'row_title',
            'checked_claims', 'check_legible', 'draw_tradeoff']
@@ -160,6 +161,11 @@ def unseen_evaluations(profile:Profile) -> list[tuple[str, float, dict, int]]:
                    profile.unseen_images)]
 
 STADV_BOUNDS = (0.01, 0.05)   # the flow bounds at which MultiRobustBench's leaderboard reports its StAdv protocol
+SCALE_FREE = {'ob_dlr': 'ob', 'gf_dlr': 'gf'}   # Table 1's columns of OB and GF with the scale-free (DLR) margin, on Figure 2's images
+
+def scale_free_settings(profile:Profile, column:str) -> dict:
+    "The settings of a `SCALE_FREE` column's attack: the profile's, with the DLR margin."
+    return {**attack_settings(profile, SCALE_FREE[column]), 'margin': 'dlr'}
 
 def page_evaluations(profile:Profile) -> list[tuple[str, dict, int]]:
     "(attack, settings, images) of every evaluation the reproduction pages read from each model: Table 1's columns and the strong attack, Figure 2's curves, the unseen deformations, the leaderboard's StAdv protocol."
@@ -167,6 +173,7 @@ def page_evaluations(profile:Profile) -> list[tuple[str, dict, int]]:
     out += [('ms', {**attack_settings(profile, 'ms'), 'epsilon': e}, profile.figure2_images) for e in tuple(profile.figure2_epsilons) + tuple(profile.large_epsilons)]
     out += [('ob', {**attack_settings(profile, 'ob'), 'c': c}, profile.figure2_images) for c in profile.figure2_cs]
     out += [(family, settings, images) for family, _, settings, images in unseen_evaluations(profile)]
+    out += [(SCALE_FREE[c], scale_free_settings(profile, c), profile.figure2_images) for c in SCALE_FREE]
     return out + [('stadv', {**attack_settings(profile, 'stadv'), 'bound': b}, profile.figure2_images) for b in STADV_BOUNDS]
 
 def evaluate_row(profile:Profile, row:tuple, device:str='cpu') -> dict:
@@ -191,6 +198,8 @@ def table1_rows(profile:Profile, results:dict, device:str='cpu', cached_only:boo
     for r, res in results.items():
         ds, arch, d, lam = r
         rows.append(dict(row=row_id(r), dataset=ds, arch=arch, defense=d, lam=lam, **{c: res[c]['accuracy'] for c in COLUMNS + BEYOND},
+                         **{c: figure2_accuracy(profile, res['record'], SCALE_FREE[c], scale_free_settings(profile, c), device, cached_only) for c in SCALE_FREE},
+                         scale_free_images=profile.figure2_images,
                          eval_images=profile.eval_images, did_not_learn=did_not_learn(res['record']['metrics']['test_accuracy'], DATASETS[ds]),
                          failed_checks=[c['check'] for c in row_checks(profile, res, device, cached_only) if not c['passed']]))
     rows = [dict(r, compared=profile.compare_near_chance or not r['did_not_learn']) for r in rows]
@@ -248,12 +257,13 @@ def _mean_attack(r): return sum(r[c] for c in ATTACK_COLUMNS) / len(ATTACK_COLUM
 # %% ../nbs/14_experiments.ipynb #c1a1b007
 def claims(table:list[dict], images:int|None=None, points:int=5) -> list[dict]:
     """§5.4's claims on `table` (rows of one dataset and architecture: defense, lam, clean and the four attack columns),
-    each decided at equal clean accuracy: claim, verdict (one of `VERDICTS`), evidence."""
+    each decided at equal clean accuracy: claim, verdict (one of `VERDICTS`), evidence. Where the rows have the
+    `SCALE_FREE` columns, the claims on OB and GF are decided under those too (on their `scale_free_images`)."""
     of = lambda d: [r for r in table if r['defense'] == d]
     out, fmt = [], lambda c: ', '.join(f"at clean {x:.3f}: {p:.3f} vs {q:.3f}" for x, p, q in zip(c['at'], c['a'], c['b']))
-    def claim(text, d1, d2, column, label):
+    def claim(text, d1, d2, column, label, n=images):
         if of(d1) and of(d2):
-            c = compare_curves(of(d1), of(d2), column, images, points)
+            c = compare_curves(of(d1), of(d2), column, n, points)
             evidence = (f"matched at clean {c['matched'][0]:.3f} and {c['matched'][1]:.3f}: {c['a'][0]:.3f} vs {c['b'][0]:.3f}" if c.get('matched') else
                         f"ahead beyond two standard errors at {c['ahead']} of {len(c['at'])} clean accuracies, behind at {c['behind']}: " + fmt(c)) if c['at'] else (f"{label(d1)} clean {_span(of(d1))}, {label(d2)} clean {_span(of(d2))}: no clean accuracy in common")
             if c['crossing']: evidence += f"; the lead changes between clean {c['crossing'][0]:.3f} and {c['crossing'][1]:.3f}"
@@ -263,6 +273,10 @@ def claims(table:list[dict], images:int|None=None, points:int=5) -> list[dict]:
     for c in ('ob', 'gf'): claim(f"FGR beats AT under {c.upper()}", 'fgr', 'at', c, name)
     for c in ('ss', 'ms'): claim(f"ADT beats FGR under {c.upper()}", 'adt', 'fgr', c, name)
     for c in ('ob', 'gf'): claim(f"FGR beats ADT under {c.upper()} (attacks it was not trained on)", 'fgr', 'adt', c, name)
+    for c in (c for c in SCALE_FREE if table and all(r.get(c) is not None for r in table)):   # OB and GF once more, blind to logit scale
+        n, a = table[0].get('scale_free_images'), SCALE_FREE[c].upper()
+        for d, why in (('igr', ''), ('at', ''), ('adt', ' (attacks it was not trained on)')):
+            claim(f"FGR beats {name(d)} under {a}, scale-free objective{why}", 'fgr', d, c, name, n)
     for d in ('at', 'igr', 'adt', 'fgr'):
         claim(f"FGR+ADT beats {name(d)} (mean accuracy over the four attacks)", 'fgr_adt', d, _mean_attack, name)
     defended = [r for r in table if r['defense'] != 'standard']
@@ -325,15 +339,17 @@ def shown_rows(profile:Profile, table:list[dict]) -> list[tuple]:
     return [r for r in profile.rows if row_id(r) in keep]
 
 # %% ../nbs/14_experiments.ipynb #sa000005
+def figure2_accuracy(profile:Profile, record:dict, attack:str, settings:dict, device:str='cpu', cached_only:bool=False) -> float|None:
+    "Accuracy of `record`'s model under `attack` with `settings` on Figure 2's images (evaluated if not yet cached; with `cached_only`, None then)."
+    from fgr.evaluate import evaluation_key
+    key = evaluation_key(record, attack, settings, profile.figure2_images, 0)
+    if cached_only and not (Path(record['run_dir']) / 'eval' / f"{attack}-{key[:16]}.json").exists(): return None
+    return evaluate(record, attack, images=profile.figure2_images, settings=settings, device=device, batch_size=profile.eval_batch_size)['accuracy']
+
 def row_checks(profile:Profile, result:dict, device:str='cpu', cached_only:bool=False) -> list[dict]:
     """`sanity_checks` of a `run_row` result at `profile`, with MS along Figure 2's budgets and at the large ones (evaluated
     if not yet cached; with `cached_only`, a budget not evaluated yet is left out, as for records made by older code)."""
-    from fgr.evaluate import evaluation_key
-    def ms(e):
-        settings, rec = {**attack_settings(profile, 'ms'), 'epsilon': e}, result['record']
-        key = evaluation_key(rec, 'ms', settings, profile.figure2_images, 0)
-        if cached_only and not (Path(rec['run_dir']) / 'eval' / f"ms-{key[:16]}.json").exists(): return None
-        return evaluate(rec, 'ms', images=profile.figure2_images, settings=settings, device=device, batch_size=profile.eval_batch_size)['accuracy']
+    ms = lambda e: figure2_accuracy(profile, result['record'], 'ms', {**attack_settings(profile, 'ms'), 'epsilon': e}, device, cached_only)
     curve, large = ({e: a for e in eps if (a := ms(e)) is not None} for eps in (profile.figure2_epsilons, profile.large_epsilons))
     return sanity_checks({c: result[c]['accuracy'] for c in COLUMNS + BEYOND if c in result}, profile.eval_images, curve, profile.figure2_images,
                          large, 1 / DATASETS[result['record']['config']['dataset']])
