@@ -13,13 +13,13 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from . import attacks
-from .attacks import frozen
+from .attacks import flow_smoothness, frozen
 from .compare import sanity_checks, standard_error
 from .data import DATASETS, PIPELINES, load_cifar, random_subset, to_float
 from .gradients import check_labels, model_logits
 from .models import make_model
 from .records import provenance, read_record, write_record
-from .warp import check_images
+from .warp import check_images, flow_to_pixels
 
 # %% ../nbs/12_evaluate.ipynb #789958c1
 TABLE1 = ('clean', 'ss', 'ms', 'ob', 'gf')   # the paper's columns; the attacks after them go beyond it (`fgr.deformations`)
@@ -31,16 +31,23 @@ TABLE1_SETTINGS = {'clean': {}, 'ss': dict(epsilon=0.01), 'ms': dict(epsilon=0.0
 
 # %% ../nbs/12_evaluate.ipynb #22ac101a
 def robust_accuracy(model:nn.Module, x:torch.Tensor, y:torch.Tensor, attack:str='clean', batch_size:int=250, **settings) -> dict:
-    "Accuracy of `model` on images `x` in [0, 1] after `attack` (a key of `ATTACKS`), with model queries and time (and, for `adef`, each image's `magnitudes_px`: None where it found none)."
+    """Accuracy of `model` on images `x` in [0, 1] after `attack` (a key of `ATTACKS`), with model queries and time; for a
+    flow attack, how far it had to go on the images it broke, right before and wrong after (`flow_sizes`: their mean L_flow
+    and the mean and median of each one's largest displacement in pixels); for `adef`, each image's `magnitudes_px` (None where it found none)."""
     if attack not in ATTACKS: raise ValueError(f"unknown attack {attack!r}; valid attacks: {', '.join(ATTACKS)}")
     check_images(x); check_labels(y, x)
-    was_training, correct, queries, magnitudes, start = model.training, 0, 0, [], time.perf_counter()
+    was_training, correct, queries, magnitudes, smooth, largest, start = model.training, 0, 0, [], [], [], time.perf_counter()
     model.eval()
     try:
         for i in range(0, len(x), batch_size):
             xb, yb = x[i:i + batch_size], y[i:i + batch_size]
             if ATTACKS[attack] is not None:
                 result = ATTACKS[attack](model, xb, yb, **settings)
+                if result.flow is not None and result.correct_fraction is None:   # the images it broke: right before, wrong after
+                    with torch.no_grad(): broke = result.success & (model_logits(model, xb).argmax(1) == yb)
+                    fooled = result.flow[broke]
+                    smooth += flow_smoothness(fooled).tolist()
+                    largest += flow_to_pixels(fooled, *xb.shape[2:]).norm(dim=-1).flatten(1).amax(1).tolist()
                 xb, queries = result.x_adv, queries + result.queries * len(xb)
                 if result.magnitude_px is not None: magnitudes += [m if math.isfinite(m) else None for m in result.magnitude_px.tolist()]
                 if result.correct_fraction is not None:              # average case (`elastic`): the share of its draws still correct
@@ -48,7 +55,9 @@ def robust_accuracy(model:nn.Module, x:torch.Tensor, y:torch.Tensor, attack:str=
             with torch.no_grad(): correct += (model_logits(model, xb).argmax(1) == yb).sum().item()
     finally: model.train(was_training)
     return dict(accuracy=correct / len(x), correct=correct, images=len(x), queries_per_image=queries / len(x),
-                seconds=time.perf_counter() - start, **(dict(magnitudes_px=magnitudes) if magnitudes else {}))
+                seconds=time.perf_counter() - start, **(dict(magnitudes_px=magnitudes) if magnitudes else {}),
+                **(dict(flow_sizes=dict(fooled=len(largest), mean_smoothness=sum(smooth) / len(smooth), mean_largest_px=sum(largest) / len(largest),
+                                        median_largest_px=sorted(largest)[len(largest) // 2])) if largest else {}))
 
 # %% ../nbs/12_evaluate.ipynb #eb2ff503
 class InputError(ValueError):
