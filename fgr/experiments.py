@@ -174,6 +174,7 @@ def page_evaluations(profile:Profile) -> list[tuple[str, dict, int]]:
     out += [('ob', {**attack_settings(profile, 'ob'), 'c': c}, profile.figure2_images) for c in profile.figure2_cs]
     out += [(family, settings, images) for family, _, settings, images in unseen_evaluations(profile)]
     out += [(SCALE_FREE[c], scale_free_settings(profile, c), profile.figure2_images) for c in SCALE_FREE]
+    out += [('clean', attack_settings(profile, 'clean'), profile.figure2_images)]      # the images the next ones attack, unattacked
     return out + [('stadv', {**attack_settings(profile, 'stadv'), 'bound': b}, profile.figure2_images) for b in STADV_BOUNDS]
 
 def evaluate_row(profile:Profile, row:tuple, device:str='cpu') -> dict:
