@@ -8,7 +8,7 @@ __all__ = ['TABLE1', 'ATTACKS', 'TABLE1_SETTINGS', 'REPORT_ATTACKS', 'REPORT_SET
            'evaluate', 'read_run', 'main', 'Normalized', 'state_sha256', 'load_classifier', 'report']
 
 # %% ../nbs/12_evaluate.ipynb #51197e85
-import argparse, builtins, hashlib, importlib, importlib.util, json, math, os, pickle, re, sys, time
+import argparse, builtins, hashlib, importlib, importlib.util, json, math, os, pickle, re, sys, time, warnings
 from pathlib import Path
 import torch
 import torch.nn as nn
@@ -67,7 +67,10 @@ def _line(e:Exception) -> str: return f"{type(e).__name__}: {' '.join(str(e).spl
 
 def load_weights(path, device='cpu'):
     "What `torch.save` wrote to `path`, read with `weights_only=True` (tensors and plain data only); else an `InputError` naming the file and why."
-    try: return torch.load(path, map_location=device, weights_only=True)
+    try:
+        with warnings.catch_warnings():               # torch warns about a file's pickle protocol before refusing what it holds: the refusal says it all
+            warnings.filterwarnings('ignore', message='Detected pickle protocol')
+            return torch.load(path, map_location=device, weights_only=True)
     except OSError as e: raise InputError(f"cannot read the weights file {path}: {e.strerror or e}") from None
     except pickle.UnpicklingError as e:                  # anything else would be unpickled by running code named in the file
         found = re.search(r'\bGLOBAL (\S+)', str(e))   # what the file names to call, as torch's message says
