@@ -254,6 +254,7 @@ def test_reproduction_pages_lead_with_a_table_or_a_figure_and_hide_their_code(br
         assert r['code_in_view'] == 0, f"{name}: {r['code_in_view']} code cells in view; a reproduction page's code is behind a toggle"
         assert 'Parameters: profile = ' in r['text'], f"{name}: papermill's parameters are not stated in one line"
         assert 'reusing the finished run' not in r['text'], f"{name}: shows the trainer's log; a reproduction page keeps it off"
+    assert 'reusing the finished run' not in browser_pages['book/intro']['text'], "the front page shows the trainer's log"
     assert all(browser_pages[n]['code_in_view'] for n in browser_pages if n.startswith('book/chapters/')), "library chapters show their code"
 
 
