@@ -53,21 +53,21 @@ def input_gradient(model:nn.Module, x:torch.Tensor, y:torch.Tensor, reduction:st
     return torch.autograd.grad(loss, x, create_graph=create_graph)[0]
 
 # %% ../nbs/02_flow_gradients.ipynb #4afabcdc
-def forward_differences(x:torch.Tensor) -> torch.Tensor:
-    "∇_{v0} I in grid units: the forward differences of `x` along (x, y), shape (B, C, H, W, 2), zero at the last column/row."
+def _differences(x:torch.Tensor, before:bool) -> torch.Tensor:
+    "Differences of neighbouring pixels of `x` along (x, y) in grid units, (B, C, H, W, 2): zero in the last column/row, or with `before` in the first."
     _, _, H, W = x.shape
     sx, sy = grid_units_per_pixel(H, W)
-    dx = F.pad(x[..., :, 1:] - x[..., :, :-1], (0, 1)) / sx
-    dy = F.pad(x[..., 1:, :] - x[..., :-1, :], (0, 0, 0, 1)) / sy
+    dx = F.pad(x[..., :, 1:] - x[..., :, :-1], (1, 0) if before else (0, 1)) / sx
+    dy = F.pad(x[..., 1:, :] - x[..., :-1, :], (0, 0, 1, 0) if before else (0, 0, 0, 1)) / sy
     return torch.stack([dx, dy], dim=-1)
+
+def forward_differences(x:torch.Tensor) -> torch.Tensor:
+    "∇_{v0} I in grid units: the forward differences of `x` along (x, y), shape (B, C, H, W, 2), zero at the last column/row."
+    return _differences(x, before=False)
 
 def backward_differences(x:torch.Tensor) -> torch.Tensor:
     "The left derivative of the warp at v0 in grid units: the backward differences of `x` along (x, y), shape (B, C, H, W, 2), zero at the first column/row."
-    _, _, H, W = x.shape
-    sx, sy = grid_units_per_pixel(H, W)
-    dx = F.pad(x[..., :, 1:] - x[..., :, :-1], (1, 0)) / sx
-    dy = F.pad(x[..., 1:, :] - x[..., :-1, :], (0, 0, 1, 0)) / sy
-    return torch.stack([dx, dy], dim=-1)
+    return _differences(x, before=True)
 
 # %% ../nbs/02_flow_gradients.ipynb #22e59ee2
 SIDES = {'right': forward_differences, 'left': backward_differences}

@@ -27,6 +27,30 @@ def tiny_record_or_skip(path):
     return path
 
 
+def trained_small_cnn(n:int, epochs:int):
+    "`fgr.models.small_cnn` trained with Adam for `epochs` on `n` real CIFAR-10 training images, seeded (skips without data)."
+    from fgr.data import to_float
+    from fgr.models import train_small_cnn
+    x, y = cifar_or_skip('cifar10', 'train', n=n, seed=0)
+    return train_small_cnn(to_float(x), y, epochs=epochs)
+
+
+def cifar_test_images(n:int):
+    "`n` real CIFAR-10 test images as floats in [0, 1] and their labels, a fixed subset (skips without data)."
+    from fgr.data import to_float
+    x, y = cifar_or_skip('cifar10', 'test', n=n, seed=1)
+    return to_float(x), y
+
+
+@pytest.fixture(scope='module')
+def one_thread():
+    "For a module whose models are small: they run fastest on one thread, and much faster than on two when other work shares the CPU."
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -8,9 +8,7 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
-from conftest import cifar_or_skip
-from fgr.data import to_float
-from fgr.models import train_small_cnn
+from conftest import cifar_test_images, trained_small_cnn
 from fgr.warp import warp
 from fgr.gradients import flow_gradient
 from fgr.attacks import (single_step, multi_step, optimization_based, gradient_free, pgd_linf,
@@ -22,26 +20,17 @@ FAST = {'SS': {}, 'MS': {'iterations': 3}, 'OB': {'iterations': 3}, 'GF': {'iter
         'PGD': {'iterations': 3}}   # cheap settings for tests that are not about strength
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    "A model this small runs fastest on one thread, and much faster than on two when other work shares the CPU."
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')   # conftest: its small models run fastest on one thread
 
 
 @pytest.fixture(scope='module')
 def model(one_thread):
-    "A model that classifies some images: `small_cnn` trained with Adam for 2 epochs on 2,000 real CIFAR-10 images, seeded."
-    x, y = cifar_or_skip('cifar10', 'train', n=2000, seed=0)
-    return train_small_cnn(to_float(x), y, epochs=2)
+    "A model that classifies some images: `small_cnn` trained for 2 epochs on 2,000 images."
+    return trained_small_cnn(2000, epochs=2)
 
 
 @pytest.fixture(scope='module')
-def data():
-    x, y = cifar_or_skip('cifar10', 'test', n=100, seed=1)
-    return to_float(x), y
+def data(): return cifar_test_images(100)
 
 
 def correctly_classified(model, data, n):

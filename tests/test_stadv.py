@@ -5,36 +5,25 @@ refused with a ValueError that names them."""
 import copy
 import pytest
 import torch
-from conftest import cifar_or_skip
+from conftest import cifar_test_images, trained_small_cnn
 from fgr.attacks import flow_smoothness, right_of_kink
-from fgr.data import to_float
 from fgr.deformations import stadv_protocol, strong_flow
-from fgr.models import train_small_cnn
 from fgr.warp import warp
 
 BOUNDS = (0.01, 0.05)   # two of the leaderboard's twenty bounds, grid units
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    "A model this small runs fastest on one thread."
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')   # conftest: its small models run fastest on one thread
 
 
 @pytest.fixture(scope='module')
 def model(one_thread):
-    "`small_cnn` trained with Adam for 4 epochs on 5,000 real CIFAR-10 images, seeded: about half the test images right."
-    x, y = cifar_or_skip('cifar10', 'train', n=5000, seed=0)
-    return train_small_cnn(to_float(x), y, epochs=4)
+    "`small_cnn` trained for 4 epochs on 5,000 images: about half the test images right."
+    return trained_small_cnn(5000, epochs=4)
 
 
 @pytest.fixture(scope='module')
-def data():
-    x, y = cifar_or_skip('cifar10', 'test', n=200, seed=1)
-    return to_float(x), y
+def data(): return cifar_test_images(200)
 
 
 @pytest.fixture(scope='module')
