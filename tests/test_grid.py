@@ -77,6 +77,7 @@ def test_two_local_workers_give_the_runs_of_one_after_another(tmp_path, small, s
         same_run(run_folder(tmp_path / 'parallel', small, row), run_folder(serial, small, row))
         extra = 2 + row.endswith('standard')             # Figure 3, theory, and for Standard the front page's picture
         assert len(list((run_folder(tmp_path / 'parallel', small, row) / 'eval').glob('*.json'))) == len(evaluations) + extra   # all the pages read
+    assert not list((tmp_path / 'parallel').rglob('*.lock')), "a row's lock outlived its task"
 
 
 def test_subprocess_tasks_give_the_runs_of_forked_ones(tmp_path, monkeypatch, small, serial):
