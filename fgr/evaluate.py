@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 from . import attacks
 from .attacks import flow_smoothness, frozen
-from .compare import sanity_checks, standard_error
+from .compare import pack_outcomes, sanity_checks, standard_error
 from .data import DATASETS, PIPELINES, load_cifar, random_subset, to_float
 from .gradients import check_labels, model_logits
 from .models import make_model
@@ -33,10 +33,13 @@ TABLE1_SETTINGS = {'clean': {}, 'ss': dict(epsilon=0.01), 'ms': dict(epsilon=0.0
 def robust_accuracy(model:nn.Module, x:torch.Tensor, y:torch.Tensor, attack:str='clean', batch_size:int=250, **settings) -> dict:
     """Accuracy of `model` on images `x` in [0, 1] after `attack` (a key of `ATTACKS`), with model queries and time; for a
     flow attack, how far it had to go on the images it broke, right before and wrong after (`flow_sizes`: their mean L_flow
-    and the mean and median of each one's largest displacement in pixels); for `adef`, each image's `magnitudes_px` (None where it found none)."""
+    and the mean and median of each one's largest displacement in pixels); for `adef`, each image's `magnitudes_px` (None where
+    it found none); and which images were left correct, in order (`outcomes`, packed bits: `fgr.compare.unpack_outcomes`),
+    except for an average case (`elastic`)."""
     if attack not in ATTACKS: raise ValueError(f"unknown attack {attack!r}; valid attacks: {', '.join(ATTACKS)}")
     check_images(x); check_labels(y, x)
     was_training, correct, queries, magnitudes, smooth, largest, start = model.training, 0, 0, [], [], [], time.perf_counter()
+    outcomes = []                                                   # per image, left correct or not; None for an average case
     model.eval()
     try:
         for i in range(0, len(x), batch_size):
@@ -51,10 +54,13 @@ def robust_accuracy(model:nn.Module, x:torch.Tensor, y:torch.Tensor, attack:str=
                 xb, queries = result.x_adv, queries + result.queries * len(xb)
                 if result.magnitude_px is not None: magnitudes += [m if math.isfinite(m) else None for m in result.magnitude_px.tolist()]
                 if result.correct_fraction is not None:              # average case (`elastic`): the share of its draws still correct
-                    correct += result.correct_fraction.sum().item(); continue
-            with torch.no_grad(): correct += (model_logits(model, xb).argmax(1) == yb).sum().item()
+                    correct, outcomes = correct + result.correct_fraction.sum().item(), None; continue
+            with torch.no_grad(): right = model_logits(model, xb).argmax(1) == yb
+            correct += right.sum().item()
+            if outcomes is not None: outcomes += right.tolist()
     finally: model.train(was_training)
     return dict(accuracy=correct / len(x), correct=correct, images=len(x), queries_per_image=queries / len(x),
+                **(dict(outcomes=pack_outcomes(outcomes)) if outcomes else {}),
                 seconds=time.perf_counter() - start, **(dict(magnitudes_px=magnitudes) if magnitudes else {}),
                 **(dict(flow_sizes=dict(fooled=len(largest), mean_smoothness=sum(smooth) / len(smooth), mean_largest_px=sum(largest) / len(largest),
                                         median_largest_px=sorted(largest)[len(largest) // 2])) if largest else {}))
