@@ -9,10 +9,10 @@
          Checks every record in the archive (its kind and schema) and copies the run folders to <into>/<profile>/runs/,
          and what describes this window (the manifest, the grid records, the tables made from the rows it had finished)
          to <into>/windows/<its start time>/; a file already there with other contents is refused, never overwritten."""
-import argparse, dataclasses, io, json, os, shutil, sys, tarfile, tempfile, time
+import argparse, dataclasses, io, json, shutil, sys, tarfile, tempfile, time
 from pathlib import Path
 
-KINDS = {'record.json': 'run', 'table1': 'table1', 'unseen': 'unseen', 'grid': 'grid', 'surface': 'surface', 'theory': 'theory', 'example': 'example'}
+KINDS = {'table1': 'table1', 'unseen': 'unseen', 'grid': 'grid', 'surface': 'surface', 'theory': 'theory', 'example': 'example'}
 
 
 def kind_of(path:Path) -> str:
